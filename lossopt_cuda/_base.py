@@ -1,0 +1,308 @@
+"""The machinery shared by the three rules: the loss path, checks, state, dispatch.
+
+A rule subclass says only what is particular to it: its hyper-parameter checks,
+its per-group scalar state and how the loss advances it, which losses are valid,
+and its per-element update (in :mod:`lossopt_cuda._reference`).
+
+One ``step()``:
+  1. obtain the loss (closure or ``loss=``) and check every gradient; raise
+     here, before anything is modified, on any bad input;
+  2. move the loss to the device (averaged over ranks when distributed);
+  3. per group: advance the group's scalars (EMA, b^2, step count) on the
+     device, masked by the loss's validity;
+  4. per (device, dtype) bucket: one call into the chosen path.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._build import require_kernels
+from ._loss import LossLike, average_across_ranks, loss_to_device, obtain_loss, will_average
+from ._skips import SkipCounter
+
+ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
+UpdateFn = Callable[..., None]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-element math (and state) precision: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_range(
+    name: str, value: Any, low: float, high: float = float("inf"),
+    *, low_open: bool = False, high_open: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the interval."""
+    lo_ok = value > low if low_open else value >= low
+    hi_ok = value < high if high_open else value <= high
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and hi_ok):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"invalid {name}: {value!r}; it must lie in {interval}")
+
+
+def check_lr(value: Any) -> None:
+    """``lr`` may be a number or a one-element tensor (as in torch.optim)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"invalid lr: a tensor lr must have one element, got shape {tuple(value.shape)}")
+        return
+    check_range("lr", value, 0.0)
+
+
+def check_betas(betas: Any) -> None:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"invalid betas: {betas!r}; expected a pair (beta1, beta2) in [0, 1)")
+    for i, beta in enumerate(betas):
+        check_range(f"betas[{i}]", beta, 0.0, 1.0)
+
+
+class LossDrivenOptimizer(Optimizer):
+    """Base class of optimizers whose step size is set by the current loss.
+
+    Subclasses set ``_forloop`` / ``_foreach`` (the per-element update) and
+    implement ``_validate``, ``_init_group_state``, ``_param_state_keys``,
+    ``_loss_is_valid`` and ``_advance``.
+    """
+
+    _forloop: UpdateFn
+    _foreach: UpdateFn
+    #: Per-group scalars, kept in the state of the group's first parameter so
+    #: that state_dict(), FSDP and checkpoint tools see ordinary per-parameter state.
+    _group_state_keys: Tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        params: ParamsT,
+        defaults: Dict[str, Any],
+        *,
+        foreach: Optional[bool],
+        fused: Optional[bool],
+        average_loss: bool,
+        process_group: Optional[Any],
+    ) -> None:
+        name = type(self).__name__
+        if foreach and fused:
+            raise ValueError(f"{name}: foreach=True and fused=True cannot be used together")
+        if fused:
+            require_kernels(name)
+        # The path is a property of this optimizer object, not of the checkpoint:
+        # state saved on one path loads into an optimizer running any other.
+        self.foreach = foreach
+        self.fused = fused
+        self.average_loss = bool(average_loss)
+        self.process_group = process_group
+        self._skips = SkipCounter(name)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ rule hooks
+
+    def _validate(self, group: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _init_group_state(self, group: Dict[str, Any], device: torch.device) -> Dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _param_state_keys(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        raise NotImplementedError
+
+    def _loss_is_valid(self, loss: Tensor) -> Tensor:
+        return torch.isfinite(loss)
+
+    def _advance(
+        self, group: Dict[str, Any], state: Dict[str, Tensor], loss: Tensor, valid: Tensor
+    ) -> Dict[str, Any]:
+        """Update the group's scalars (only where ``valid``) and return the
+        keyword arguments of the per-element update."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group; its hyper-parameters are checked before it is added."""
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._validate(merged)
+        super().add_param_group(param_group)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because the loss was bad. Reading this waits for the device."""
+        return self._skips.total()
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, closure: Optional[Callable[[], Any]] = None, *, loss: Optional[LossLike] = None
+    ) -> LossLike:
+        """Take one step with the loss from ``closure()`` or ``loss=``.
+
+        Returns the loss as given. A NaN, infinite or out-of-domain loss changes
+        no parameter and no state; it is counted in :attr:`skipped_steps` and
+        reported with a ``RuntimeWarning``.
+        """
+        name = type(self).__name__
+        given = obtain_loss(closure, loss, name)
+        work = self._collect_work()
+        home = self._home_device()
+        if home is None:
+            return given
+
+        averaging = self.average_loss and will_average(self.process_group)
+        if not averaging and not isinstance(given, Tensor):
+            # A Python number's validity is known on the host for free.
+            if not bool(self._loss_is_valid(torch.tensor(float(given), dtype=torch.float64))):
+                self._skips.record_host()
+                return given
+        loss_t = loss_to_device(given, home)
+        if averaging:
+            loss_t = average_across_ranks(loss_t, self.process_group)
+        valid = self._loss_is_valid(loss_t)
+        self._skips.record(~valid)
+
+        for group, buckets in work:
+            self._step_group(group, buckets, loss_t, valid)
+        self._skips.poll()
+        return given
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a checkpoint from any path; shapes are checked before anything changes.
+
+        State tensors keep their saved dtype (torch.optim would cast them to the
+        parameter's dtype, which breaks fp32 state of bf16 parameters and the
+        float64 ``b_sq``) and move to their parameter's device.
+        """
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, "
+                f"this optimizer has {len(self.param_groups)}"
+            )
+        id_map: Dict[Any, Tensor] = {}
+        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"parameter group {gi} of the loaded state dict has "
+                    f"{len(saved['params'])} parameters, this optimizer's has {len(group['params'])}"
+                )
+            id_map.update(zip(saved["params"], group["params"]))
+        for pid, pstate in state_dict.get("state", {}).items():
+            param = id_map.get(pid)
+            for key, value in pstate.items():
+                if param is None or not isinstance(value, Tensor) or key in self._group_state_keys:
+                    continue
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"state {key!r} of parameter {pid} has shape {tuple(value.shape)}, "
+                        f"but the parameter has shape {tuple(param.shape)}"
+                    )
+        super().load_state_dict(state_dict)
+        for pid, pstate in state_dict.get("state", {}).items():
+            param = id_map.get(pid)
+            if param is None:
+                continue
+            self.state[param] = {
+                k: (_place(v.detach().clone(), param.device) if isinstance(v, Tensor) else copy.deepcopy(v))
+                for k, v in pstate.items()
+            }
+
+    # ------------------------------------------------------------------ internals
+
+    def _collect_work(self) -> List[Tuple[Dict[str, Any], Dict[Tuple[torch.device, torch.dtype], List[Tensor]]]]:
+        """Group the parameters that have gradients by (device, dtype); raise on
+        anything the update cannot take, before any state exists or changes."""
+        name = type(self).__name__
+        work = []
+        for group in self.param_groups:
+            buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]] = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+                if p.is_complex() or p.grad.is_complex():
+                    raise RuntimeError(f"{name} does not support complex parameters or gradients")
+                if not p.is_floating_point():
+                    raise RuntimeError(f"{name} needs floating-point parameters, got {p.dtype}")
+                if p.grad.shape != p.shape:
+                    raise RuntimeError(
+                        f"{name}: gradient of shape {tuple(p.grad.shape)} for a parameter "
+                        f"of shape {tuple(p.shape)}"
+                    )
+                buckets[(p.device, p.dtype)].append(p)
+            for device, dtype in buckets:
+                self._choose_impl(device, dtype)  # raises if fused=True cannot run here
+            work.append((group, buckets))
+        return work
+
+    def _home_device(self) -> Optional[torch.device]:
+        for group in self.param_groups:
+            if group["params"]:
+                return group["params"][0].device
+        return None
+
+    def _choose_impl(self, device: torch.device, dtype: torch.dtype) -> UpdateFn:
+        if self.fused:
+            raise RuntimeError(
+                f"{type(self).__name__}(fused=True): no compiled kernel for {dtype} "
+                f"parameters on {device}; use fused=None to fall back to foreach"
+            )
+        return type(self)._forloop if self.foreach is False else type(self)._foreach
+
+    def _group_state(self, group: Dict[str, Any]) -> Dict[str, Tensor]:
+        first = group["params"][0]
+        state = self.state[first]
+        if not all(k in state for k in self._group_state_keys):
+            state.update(self._init_group_state(group, first.device))
+        return state
+
+    def _step_group(
+        self,
+        group: Dict[str, Any],
+        buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]],
+        loss: Tensor,
+        valid: Tensor,
+    ) -> None:
+        gstate = self._group_state(group)
+        gdevice = group["params"][0].device
+        scalars = self._advance(group, gstate, _place(loss, gdevice), _place(valid, gdevice))
+        keys = self._param_state_keys(group)
+        for (device, dtype), params in buckets.items():
+            cdtype = compute_dtype(dtype)
+            states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
+            kwargs = {k: _to_bucket(v, device, cdtype) for k, v in scalars.items()}
+            update = self._choose_impl(device, dtype)
+            update(
+                params,
+                [p.grad for p in params],
+                valid=_place(valid, device),
+                **states,
+                **kwargs,
+            )
+
+    def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
+        state = self.state[p]
+        if key not in state:
+            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        return state[key]
+
+
+def _place(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; a copy only when it must move (no host sync)."""
+    if t.device == device:
+        return t
+    if device.type == "mps" and t.dtype == torch.float64:
+        t = t.float()
+    return t.to(device, non_blocking=True)
+
+
+def _to_bucket(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Loss-derived scalars go to the bucket's device and compute dtype."""
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.to(device=device, dtype=dtype, non_blocking=True)
+    return value

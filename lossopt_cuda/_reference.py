@@ -1,0 +1,222 @@
+"""The per-element math of each rule in plain PyTorch: the oracle for the kernels.
+
+Two versions of every rule, with the same arguments:
+
+* ``<rule>_forloop``: one parameter at a time, written to be read against
+  ALGORITHMS.md.
+* ``<rule>_foreach``: the same arithmetic with ``torch._foreach_*`` ops, a few
+  multi-tensor launches per (device, dtype) bucket.
+
+Loss-derived scalars (AdaLo's ``lr_t``, AdamL's ``s`` and bias corrections,
+AdaLoss's ``b``) are computed by the optimizer classes and arrive here as 0-d
+tensors already on the bucket's device and in its compute dtype. State tensors
+(``exp_avg`` ...) are in the compute dtype: float32, or float64 for float64
+parameters; low-precision parameters and gradients are widened for the math and
+rounded once when written back.
+
+``valid`` is a 0-d bool tensor: False when the loss was bad. Results are then
+selected with ``torch.where`` rather than branched on, because reading the flag
+on the host would wait for the GPU. ``torch.where`` (not a multiply by 0/1) is
+needed since a bad loss usually comes with NaN gradients and ``0 * NaN`` is NaN.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, Tensor]
+
+
+def _widen(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _widen_all(ts: Sequence[Tensor], dtype: torch.dtype) -> List[Tensor]:
+    return [_widen(t, dtype) for t in ts]
+
+
+def _commit(dst: Tensor, new: Tensor, valid: Tensor) -> None:
+    """``dst = new`` where the loss was valid, else unchanged (no host branch)."""
+    dst.copy_(torch.where(valid, new, dst))
+
+
+def _commit_all(dsts: Sequence[Tensor], news: Sequence[Tensor], valid: Tensor) -> None:
+    for dst, new in zip(dsts, news):
+        _commit(dst, new, valid)
+
+
+# --------------------------------------------------------------------------- AdaLo
+
+
+def adalo_forloop(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    exp_avg: List[Tensor],
+    valid: Tensor,
+    lr_t: Tensor,
+    beta1: float,
+    weight_decay: float,
+) -> None:
+    for p, g, m in zip(params, grads, exp_avg):
+        g = _widen(g, m.dtype)
+        p_wide = _widen(p, m.dtype)
+        m_new = m + (1 - beta1) * (g - m)
+        p_new = p_wide * (1 - lr_t * weight_decay) - lr_t * m_new
+        _commit(m, m_new, valid)
+        _commit(p, p_new, valid)
+
+
+def adalo_foreach(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    exp_avg: List[Tensor],
+    valid: Tensor,
+    lr_t: Tensor,
+    beta1: float,
+    weight_decay: float,
+) -> None:
+    dtype = exp_avg[0].dtype
+    p_wide = _widen_all(params, dtype)
+    m_new = torch._foreach_sub(_widen_all(grads, dtype), exp_avg)
+    torch._foreach_mul_(m_new, 1 - beta1)
+    torch._foreach_add_(m_new, exp_avg)
+    p_new = torch._foreach_mul(p_wide, 1 - lr_t * weight_decay)
+    torch._foreach_sub_(p_new, torch._foreach_mul(m_new, lr_t))
+    _commit_all(exp_avg, m_new, valid)
+    _commit_all(params, p_new, valid)
+
+
+# --------------------------------------------------------------------------- AdamL
+
+
+def adaml_forloop(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    exp_avg: List[Tensor],
+    exp_avg_sq: List[Tensor],
+    valid: Tensor,
+    lr: Scalar,
+    beta1: float,
+    beta2: float,
+    grad_sq_scale: Tensor,
+    eps_l: Tensor,
+    bias_correction1: Tensor,
+    bias_correction2: Tensor,
+    weight_decay: float,
+) -> None:
+    """``grad_sq_scale`` is ``(1 - beta2) * s`` and ``eps_l`` is ``eps * l``."""
+    for p, g, m, w in zip(params, grads, exp_avg, exp_avg_sq):
+        g = _widen(g, m.dtype)
+        p_wide = _widen(p, m.dtype)
+        m_new = beta1 * m + (1 - beta1) * g
+        w_new = beta2 * w + grad_sq_scale * g * g + eps_l
+        m_hat = m_new / bias_correction1
+        w_hat = w_new / bias_correction2
+        p_new = p_wide * (1 - lr * weight_decay)
+        p_new = p_new - lr * m_hat / w_hat.sqrt()
+        _commit(m, m_new, valid)
+        _commit(w, w_new, valid)
+        _commit(p, p_new, valid)
+
+
+def adaml_foreach(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    exp_avg: List[Tensor],
+    exp_avg_sq: List[Tensor],
+    valid: Tensor,
+    lr: Scalar,
+    beta1: float,
+    beta2: float,
+    grad_sq_scale: Tensor,
+    eps_l: Tensor,
+    bias_correction1: Tensor,
+    bias_correction2: Tensor,
+    weight_decay: float,
+) -> None:
+    dtype = exp_avg[0].dtype
+    p_wide = _widen_all(params, dtype)
+    g = _widen_all(grads, dtype)
+
+    m_new = torch._foreach_mul(exp_avg, beta1)
+    torch._foreach_add_(m_new, torch._foreach_mul(g, 1 - beta1))
+
+    w_new = torch._foreach_mul(exp_avg_sq, beta2)
+    g_sq = torch._foreach_mul(g, g)
+    torch._foreach_mul_(g_sq, grad_sq_scale)
+    torch._foreach_add_(w_new, g_sq)
+    torch._foreach_add_(w_new, eps_l)
+
+    denom = torch._foreach_div(w_new, bias_correction2)
+    torch._foreach_sqrt_(denom)
+    update = torch._foreach_div(m_new, bias_correction1)
+    torch._foreach_mul_(update, lr)
+    torch._foreach_div_(update, denom)
+    p_new = torch._foreach_mul(p_wide, 1 - lr * weight_decay)
+    torch._foreach_sub_(p_new, update)
+
+    _commit_all(exp_avg, m_new, valid)
+    _commit_all(exp_avg_sq, w_new, valid)
+    _commit_all(params, p_new, valid)
+
+
+# --------------------------------------------------------------------------- AdaLoss
+
+
+def adaloss_forloop(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    valid: Tensor,
+    lr: Scalar,
+    b: Tensor,
+    momentum: float,
+    weight_decay: float,
+    momentum_buffer: Optional[List[Tensor]] = None,
+) -> None:
+    """``momentum_buffer`` starts at zero, so its first update ``momentum * 0 + d``
+    is ``d``: the same as torch.optim.SGD's copy on the first step."""
+    dtype = b.dtype
+    bufs = momentum_buffer if momentum_buffer is not None else [None] * len(params)
+    for p, g, buf in zip(params, grads, bufs):
+        g = _widen(g, dtype)
+        p_wide = _widen(p, dtype)
+        d = g / b
+        if weight_decay != 0:
+            d = d + weight_decay * p_wide
+        if buf is not None:
+            d = momentum * buf + d
+            _commit(buf, d, valid)
+        _commit(p, p_wide - lr * d, valid)
+
+
+def adaloss_foreach(
+    params: List[Tensor],
+    grads: List[Tensor],
+    *,
+    valid: Tensor,
+    lr: Scalar,
+    b: Tensor,
+    momentum: float,
+    weight_decay: float,
+    momentum_buffer: Optional[List[Tensor]] = None,
+) -> None:
+    dtype = b.dtype
+    p_wide = _widen_all(params, dtype)
+    d = torch._foreach_div(_widen_all(grads, dtype), b)
+    if weight_decay != 0:
+        torch._foreach_add_(d, torch._foreach_mul(p_wide, weight_decay))
+    if momentum_buffer is not None:
+        buf_new = torch._foreach_mul(momentum_buffer, momentum)
+        torch._foreach_add_(buf_new, d)
+        _commit_all(momentum_buffer, buf_new, valid)
+        d = buf_new
+    p_new = torch._foreach_sub(p_wide, torch._foreach_mul(d, lr))
+    _commit_all(params, p_new, valid)

@@ -1,0 +1,90 @@
+"""Counting steps skipped for a bad loss, and telling the user, without a GPU sync.
+
+The count lives on the device (one add per step). To report it, each step
+starts an asynchronous copy of the count into pinned host memory and reads the
+copy the *previous* step started, if it has landed (``Event.query()`` never
+waits). A bad loss on a GPU is therefore reported one or two steps later; on the
+CPU it is reported in the same ``step()`` call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional
+
+import torch
+
+
+class _DeviceCount:
+    def __init__(self, device: torch.device) -> None:
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.on_cpu = device.type == "cpu"
+        self.snapshot: Optional[torch.Tensor] = None
+        self.event: Optional[torch.cuda.Event] = None
+        if device.type == "cuda":
+            self.snapshot = torch.zeros((), dtype=torch.int64, pin_memory=True)
+
+    def read_without_waiting(self) -> Optional[int]:
+        """The count as of some recent step, or None if no copy has landed yet."""
+        if self.on_cpu:
+            return int(self.count)
+        if self.snapshot is None:  # a device we cannot copy from asynchronously
+            return None
+        seen = None
+        if self.event is not None and self.event.query():
+            seen = int(self.snapshot)
+        if self.event is None or seen is not None:
+            self.snapshot.copy_(self.count, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        return seen
+
+
+class SkipCounter:
+    """Per-device counters of skipped steps plus a host counter for Python-number losses."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._devices: Dict[torch.device, _DeviceCount] = {}
+        self._host = 0
+        self._reported = 0
+
+    def record(self, invalid: torch.Tensor) -> None:
+        """Add ``invalid`` (a 0-d bool tensor on the device) to the count."""
+        counter = self._devices.get(invalid.device)
+        if counter is None:
+            counter = self._devices[invalid.device] = _DeviceCount(invalid.device)
+        counter.count.add_(invalid)
+
+    def record_host(self) -> None:
+        """Count a skip already known on the host (a Python-number loss)."""
+        self._host += 1
+        self.poll()
+
+    def poll(self) -> None:
+        """Warn if the count grew since the last warning; never waits for a device."""
+        if torch.compiler.is_compiling() or _capturing():
+            return
+        seen = self._host
+        for counter in self._devices.values():
+            value = counter.read_without_waiting()
+            if value is None:
+                return  # some device has not reported yet: try again next step
+            seen += value
+        if seen > self._reported:
+            warnings.warn(
+                f"{self.owner}: {seen} step(s) skipped so far because the loss was NaN, "
+                "infinite or outside the rule's domain; those steps changed no parameter "
+                "and no optimizer state.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._reported = seen
+
+    def total(self) -> int:
+        """The exact count; waits for the devices (do not call it every step)."""
+        return self._host + sum(int(c.count) for c in self._devices.values())
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()

@@ -1,0 +1,106 @@
+"""AdaLo: the learning rate is an EMA of a squashed loss; only a first moment is stored."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _reference
+from ._base import LossDrivenOptimizer, ParamsT, check_betas, check_lr, check_range
+
+MODES = ("adversarial", "compliant")
+
+
+class AdaLo(LossDrivenOptimizer):
+    r"""AdaLo (Adaptive Learning Rate Optimizer with Loss for Classification).
+
+    Follows the unofficial PyTorch implementation (the paper is paywalled). Per
+    step, with ``L`` the current loss::
+
+        sigma    = 1 / (2 + L)                     # (tanh(-log1p(L)/2) + 1) / 2
+        loss_ema = loss_ema + (1 - beta2) * (sigma - loss_ema)
+        lr_t     = max(loss_ema / kappa, eps)        # mode="adversarial"
+        lr_t     = max((1 - loss_ema) / kappa, eps)  # mode="compliant"
+        m = m + (1 - beta1) * (g - m)                # no bias correction
+        p = p * (1 - lr_t * weight_decay) - lr_t * m
+
+    ``loss_ema`` starts at 0, so adversarial mode warms up over about
+    ``1 / (1 - beta2)`` steps. One ``loss_ema`` (float32) per parameter group,
+    kept in the state of the group's first parameter.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: accepted for API compatibility and **not used**: the step size is
+            ``lr_t`` above, so learning-rate schedulers have no effect.
+        betas: ``beta1`` for the first moment, ``beta2`` for the loss EMA.
+        weight_decay: decoupled decay, scaled by ``lr_t``.
+        kappa: divides the loss EMA into a learning rate (> 0).
+        eps: floor of ``lr_t`` (not added to any denominator).
+        mode: ``"adversarial"`` (loss up, lr down) or ``"compliant"`` (loss up, lr up).
+        foreach: ``False``: per-tensor for-loop; ``True``: ``torch._foreach_*``;
+            ``None``: the fastest path available.
+        fused: ``True`` requires the compiled kernels; ``None`` uses them when
+            available.
+        average_loss: average the loss over the process group when
+            ``torch.distributed`` runs with more than one rank.
+        process_group: the group to average over (default: the world).
+
+    A valid loss is finite and greater than -1; any other loss skips the step.
+    """
+
+    _forloop = staticmethod(_reference.adalo_forloop)
+    _foreach = staticmethod(_reference.adalo_foreach)
+    _group_state_keys = ("loss_ema",)
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-8,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-2,
+        kappa: float = 3.0,
+        eps: float = 1e-8,
+        mode: str = "adversarial",
+        *,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
+        average_loss: bool = True,
+        process_group: Optional[Any] = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
+        super().__init__(
+            params, defaults, foreach=foreach, fused=fused,
+            average_loss=average_loss, process_group=process_group,
+        )
+
+    def _validate(self, group: Dict[str, Any]) -> None:
+        check_lr(group["lr"])
+        check_betas(group["betas"])
+        check_range("weight_decay", group["weight_decay"], 0.0)
+        check_range("kappa", group["kappa"], 0.0, low_open=True)
+        check_range("eps", group["eps"], 0.0)
+        if group["mode"] not in MODES:
+            raise ValueError(f"invalid mode: {group['mode']!r}; expected one of {MODES}")
+
+    def _init_group_state(self, group: Dict[str, Any], device: torch.device) -> Dict[str, Tensor]:
+        return {"loss_ema": torch.zeros((), dtype=torch.float32, device=device)}
+
+    def _param_state_keys(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        return ("exp_avg",)
+
+    def _loss_is_valid(self, loss: Tensor) -> Tensor:
+        # The source's sigma is (tanh(-log1p(L)/2) + 1) / 2: defined for L > -1.
+        return torch.isfinite(loss) & (loss > -1)
+
+    def _advance(
+        self, group: Dict[str, Any], state: Dict[str, Tensor], loss: Tensor, valid: Tensor
+    ) -> Dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        ema = state["loss_ema"]
+        sigma = 1 / (2 + loss)
+        ema.copy_(torch.where(valid, ema + (1 - beta2) * (sigma - ema), ema))
+        scale = ema if group["mode"] == "adversarial" else 1 - ema
+        lr_t = torch.clamp_min(scale / group["kappa"], group["eps"])
+        return dict(lr_t=lr_t, beta1=beta1, weight_decay=group["weight_decay"])
