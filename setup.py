@@ -1,24 +1,146 @@
 """Build and install lossopt-cuda.
 
-This version installs the pure-Python optimizers (every path but ``fused``);
-the compiled CPU/CUDA kernels are built here once they exist. Install with
-``pip install --no-build-isolation .`` so the build sees the torch you already
-installed (the kernels must be compiled against that exact torch).
+What gets built, decided here and reported at the end of the build:
+
+* CUDA and CPU kernels, when torch is a CUDA build and nvcc is found
+  (for ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0+PTX``);
+* CPU kernels only, with a CPU build of torch, or when the CUDA toolkit does not
+  match torch's CUDA major version;
+* nothing (a pure-Python install, every path but ``fused``), with
+  ``LOSSOPT_BUILD=none`` or when no compiler works. An install never fails only
+  because CUDA or a compiler is absent.
+
+Install with ``pip install --no-build-isolation .``: the kernels must be
+compiled against the exact torch they will run with, so the build has to see the
+torch already installed, not a fresh one in an isolated build environment.
 """
 
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def log(msg: str) -> None:
+    print(f"lossopt-cuda build: {msg}", file=sys.stderr, flush=True)
+
+
+def find_cuda_home() -> str | None:
+    """CUDA_HOME, else the toolkit behind nvcc. The nvcc on PATH may be a
+    wrapper script (torch would then guess its parent folder), so a candidate
+    counts only if it holds the runtime headers."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if c and Path(c, "include", "cuda_runtime.h").exists() and Path(c, "bin", "nvcc").exists():
+            return c
+    return None
+
+
+def nvcc_major(cuda_home: str) -> int | None:
+    try:
+        out = subprocess.run([str(Path(cuda_home, "bin", "nvcc")), "--version"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def extensions():
+    """The extension to build (possibly none) and a sentence saying what it is."""
+    mode = os.environ.get("LOSSOPT_BUILD", "auto").lower()
+    if mode == "none":
+        return [], "pure Python (LOSSOPT_BUILD=none)"
+    try:
+        import torch
+    except ImportError:
+        return [], "pure Python (torch is not importable at build time: install torch first and use --no-build-isolation)"
+
+    sources = ["csrc/ops.cpp", "csrc/cpu/kernels.cpp"]
+    cxx_flags = ["-O3", "-fno-math-errno"]
+    define_macros = []
+    want_cuda = mode in ("auto", "cuda") and torch.version.cuda is not None
+    cuda_home = find_cuda_home() if want_cuda else None
+    if want_cuda and cuda_home is None:
+        log("torch is a CUDA build but no CUDA toolkit (nvcc) was found: CPU kernels only")
+    if cuda_home is not None:
+        major = nvcc_major(cuda_home)
+        torch_major = int(torch.version.cuda.split(".")[0])
+        if major != torch_major:
+            log(f"nvcc in {cuda_home} is CUDA {major}, torch was built with CUDA "
+                f"{torch.version.cuda}: CPU kernels only")
+            cuda_home = None
+    if mode == "cuda" and cuda_home is None:
+        raise RuntimeError("LOSSOPT_BUILD=cuda but the CUDA kernels cannot be built (see above)")
+
+    if cuda_home is None:
+        from torch.utils.cpp_extension import CppExtension
+
+        ext = CppExtension("lossopt_cuda._C", sources, extra_compile_args={"cxx": cxx_flags})
+        return [ext], f"CPU kernels (torch {torch.__version__})"
+
+    os.environ["CUDA_HOME"] = cuda_home
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+    from torch.utils.cpp_extension import CUDAExtension
+
+    arch_names = sorted({a.replace("+PTX", "").strip() for a in archs.replace(" ", ";").split(";") if a.strip()})
+    define_macros += [("LOSSOPT_WITH_CUDA", None), ("LOSSOPT_CUDA_ARCHS", f'"{",".join(arch_names)}"')]
+    ext = CUDAExtension(
+        "lossopt_cuda._C",
+        sources + ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+    )
+    return [ext], f"CPU and CUDA kernels (CUDA {torch.version.cuda}, archs {archs}, toolkit {cuda_home})"
+
+
+EXT_MODULES, WHAT = extensions()
+cmdclass = {}
+if EXT_MODULES:
+    from torch.utils.cpp_extension import BuildExtension
+
+    class OptionalBuildExtension(BuildExtension):
+        """Fall back to a pure-Python install when the compiler fails, unless
+        LOSSOPT_BUILD asked for kernels explicitly."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # noqa: BLE001 - any compiler failure
+                if os.environ.get("LOSSOPT_BUILD", "auto").lower() in ("cpu", "cuda"):
+                    raise
+                log(f"compiling the kernels failed ({err}); installing pure Python instead")
+                self.extensions = []
+                self.distribution.ext_modules = []
+                return
+            log(f"built {WHAT}")
+
+    cmdclass["build_ext"] = OptionalBuildExtension.with_options(use_ninja=True)
+log(f"building {WHAT}")
 
 setup(
     name="lossopt-cuda",
     version="0.1.0",
-    description="Loss-driven optimizers (AdaLo, AdamL, AdaLoss) for PyTorch",
+    description="Loss-driven optimizers (AdaLo, AdamL, AdaLoss) for PyTorch with fused kernels",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["lossopt_cuda", "lossopt_cuda.*"]),
+    ext_modules=EXT_MODULES,
+    cmdclass=cmdclass,
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={

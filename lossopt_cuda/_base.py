@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._build import require_kernels
-from ._loss import LossLike, average_across_ranks, loss_to_device, obtain_loss, will_average
+from ._build import fused_supported, require_kernels
+from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, will_average
 from ._skips import SkipCounter
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
@@ -67,13 +67,15 @@ def check_betas(betas: Any) -> None:
 class LossDrivenOptimizer(Optimizer):
     """Base class of optimizers whose step size is set by the current loss.
 
-    Subclasses set ``_forloop`` / ``_foreach`` (the per-element update) and
+    Subclasses set ``_forloop`` / ``_foreach`` / ``_fused`` (the per-element
+    update on each path, all with the same arguments) and
     implement ``_validate``, ``_init_group_state``, ``_param_state_keys``,
     ``_loss_is_valid`` and ``_advance``.
     """
 
     _forloop: UpdateFn
     _foreach: UpdateFn
+    _fused: UpdateFn
     #: Per-group scalars, kept in the state of the group's first parameter so
     #: that state_dict(), FSDP and checkpoint tools see ordinary per-parameter state.
     _group_state_keys: Tuple[str, ...] = ()
@@ -92,7 +94,7 @@ class LossDrivenOptimizer(Optimizer):
         if foreach and fused:
             raise ValueError(f"{name}: foreach=True and fused=True cannot be used together")
         if fused:
-            require_kernels(name)
+            require_kernels(name)  # no kernels at all: say how to build them
         # The path is a property of this optimizer object, not of the checkpoint:
         # state saved on one path loads into an optimizer running any other.
         self.foreach = foreach
@@ -101,6 +103,10 @@ class LossDrivenOptimizer(Optimizer):
         self.process_group = process_group
         self._skips = SkipCounter(name)
         super().__init__(params, defaults)
+        if fused:  # fail at construction, not at the first step
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._choose_impl(p.device, p.dtype)
 
     # ------------------------------------------------------------------ rule hooks
 
@@ -247,6 +253,8 @@ class LossDrivenOptimizer(Optimizer):
         return None
 
     def _choose_impl(self, device: torch.device, dtype: torch.dtype) -> UpdateFn:
+        if self.fused is not False and fused_supported(device, dtype):
+            return type(self)._fused
         if self.fused:
             raise RuntimeError(
                 f"{type(self).__name__}(fused=True): no compiled kernel for {dtype} "
@@ -298,11 +306,11 @@ def _place(t: Tensor, device: torch.device) -> Tensor:
         return t
     if device.type == "mps" and t.dtype == torch.float64:
         t = t.float()
-    return t.to(device, non_blocking=True)
+    return move(t, device)
 
 
 def _to_bucket(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """Loss-derived scalars go to the bucket's device and compute dtype."""
     if isinstance(value, Tensor) and value.is_floating_point():
-        return value.to(device=device, dtype=dtype, non_blocking=True)
+        return move(value, device, dtype)
     return value

@@ -1,4 +1,4 @@
-"""What this installation was built with, and which devices have compiled kernels.
+"""What this installation was built with, and where its compiled kernels can run.
 
 The compiled extension ``lossopt_cuda._C`` is optional: without it every
 optimizer runs on its ``foreach`` or for-loop path.
@@ -6,14 +6,21 @@ optimizer runs on its ``foreach`` or for-loop path.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict
 
 import torch
 
-try:  # the compiled kernels arrive with the native build
-    from . import _C  # type: ignore[attr-defined]
+try:  # importing it registers the torch.ops.lossopt operators
+    from . import _C  # type: ignore[attr-defined]  # noqa: F401
 except ImportError:  # a pure-Python install
     _C = None
+
+#: Parameter dtypes each device's kernels take.
+FUSED_DTYPES = {
+    "cpu": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+    "cuda": (torch.float32, torch.float16, torch.bfloat16),
+}
 
 
 def build_info() -> Dict[str, Any]:
@@ -21,8 +28,14 @@ def build_info() -> Dict[str, Any]:
 
     Keys: ``cpu_kernels`` (bool), ``cuda`` (bool: CUDA kernels built),
     ``cuda_version`` (str or None), ``cuda_archs`` (list such as ``["8.0", "9.0"]``),
-    ``torch_version`` (the torch this process runs).
+    ``torch_version`` (the torch this process runs). Returns a fresh dict each call.
     """
+    info = _build_info()
+    return {**info, "cuda_archs": list(info["cuda_archs"])}
+
+
+@functools.lru_cache(maxsize=None)
+def _build_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "cpu_kernels": False,
         "cuda": False,
@@ -31,8 +44,19 @@ def build_info() -> Dict[str, Any]:
         "torch_version": torch.__version__,
     }
     if _C is not None:
-        info.update(_C.build_info())
+        fields = dict(item.split("=", 1) for item in torch.ops.lossopt.build_info().split(";"))
+        info["cpu_kernels"] = fields.get("cpu_kernels") == "1"
+        info["cuda"] = fields.get("cuda") == "1"
+        info["cuda_version"] = fields.get("cuda_version")
+        info["cuda_archs"] = [a for a in fields.get("cuda_archs", "").split(",") if a]
     return info
+
+
+def fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a compiled kernel can step parameters of this device and dtype."""
+    info = _build_info()
+    built = {"cpu": info["cpu_kernels"], "cuda": info["cuda"]}.get(device.type, False)
+    return built and dtype in FUSED_DTYPES.get(device.type, ())
 
 
 def require_kernels(owner: str) -> None:

@@ -76,8 +76,17 @@ def loss_to_device(loss: LossLike, device: torch.device) -> torch.Tensor:
     """
     dtype = scalar_dtype(device)
     if isinstance(loss, torch.Tensor):
-        return loss.detach().reshape(()).to(device=device, dtype=dtype, non_blocking=True)
+        return move(loss.detach().reshape(()), device, dtype)
     return torch.full((), float(loss), dtype=dtype, device=device)
+
+
+def move(t: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``t`` on ``device`` (and in ``dtype``) without waiting for the host.
+
+    Non-blocking only towards an accelerator: a non-blocking copy *to* the CPU
+    may be read before it has landed.
+    """
+    return t.to(device=device, dtype=dtype, non_blocking=device.type != "cpu")
 
 
 def average_across_ranks(loss: torch.Tensor, process_group: Optional[Any]) -> torch.Tensor:

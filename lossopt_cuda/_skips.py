@@ -34,9 +34,13 @@ class _DeviceCount:
         if self.event is not None and self.event.query():
             seen = int(self.snapshot)
         if self.event is None or seen is not None:
-            self.snapshot.copy_(self.count, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
+            # Copy and event on the stream that wrote the count, so the event
+            # fires only once the copy has landed.
+            stream = torch.cuda.current_stream(self.count.device)
+            with torch.cuda.stream(stream):
+                self.snapshot.copy_(self.count, non_blocking=True)
+                self.event = torch.cuda.Event()
+                self.event.record(stream)
         return seen
 
 
@@ -87,4 +91,5 @@ class SkipCounter:
 
 
 def _capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    # Never initialise CUDA just to ask (a CPU-only run must not touch the driver).
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _reference
+from . import _fused, _reference
 from ._base import LossDrivenOptimizer, ParamsT, check_betas, check_lr, check_range
 
 MODES = ("adversarial", "compliant")
@@ -52,6 +52,7 @@ class AdaLo(LossDrivenOptimizer):
 
     _forloop = staticmethod(_reference.adalo_forloop)
     _foreach = staticmethod(_reference.adalo_foreach)
+    _fused = staticmethod(_fused.adalo_fused)
     _group_state_keys = ("loss_ema",)
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _reference
+from . import _fused, _reference
 from ._loss import scalar_dtype
 from ._base import LossDrivenOptimizer, ParamsT, check_lr, check_range
 
@@ -44,6 +44,7 @@ class AdaLoss(LossDrivenOptimizer):
 
     _forloop = staticmethod(_reference.adaloss_forloop)
     _foreach = staticmethod(_reference.adaloss_foreach)
+    _fused = staticmethod(_fused.adaloss_fused)
     _group_state_keys = ("b_sq",)
 
     def __init__(

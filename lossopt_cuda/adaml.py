@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _reference
+from . import _fused, _reference
 from ._loss import scalar_dtype
 from ._base import LossDrivenOptimizer, ParamsT, check_betas, check_lr, check_range
 
@@ -53,6 +53,7 @@ class AdamL(LossDrivenOptimizer):
 
     _forloop = staticmethod(_reference.adaml_forloop)
     _foreach = staticmethod(_reference.adaml_foreach)
+    _fused = staticmethod(_fused.adaml_fused)
     _group_state_keys = ("step", "loss0")
 
     def __init__(

@@ -1,0 +1,54 @@
+// Argument checks shared by the CPU and CUDA implementations of every op.
+// They run before any memory is written, so a failed call changes nothing.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <initializer_list>
+
+namespace lossopt {
+
+// params, grads and each state list: same length; per index, tensors on the
+// scalars' device, dense and laid out like the parameter (so the kernels can
+// walk them as flat memory); grads in the parameter's dtype; states in the
+// math dtype (float32, or float64 for float64 parameters).
+inline void check_lists(const char* op, at::TensorList params, at::TensorList grads,
+                        std::initializer_list<at::TensorList> states, const at::Tensor& scalars,
+                        int64_t n_scalars) {
+  TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " parameters but ",
+              grads.size(), " gradients");
+  for (const auto& list : states) {
+    TORCH_CHECK(list.size() == params.size(), op, ": ", params.size(),
+                " parameters but a state list of ", list.size());
+  }
+  TORCH_CHECK(scalars.dim() == 1 && scalars.numel() == n_scalars && scalars.is_contiguous(), op,
+              ": scalars must be a contiguous vector of ", n_scalars, " elements");
+  if (params.empty()) return;
+  const auto dtype = params[0].scalar_type();
+  const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(scalars.scalar_type() == math, op, ": scalars must be ", math, " for ", dtype,
+              " parameters");
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.device() == scalars.device(), op, ": all tensors of one call must be on ",
+                scalars.device(), "; parameter ", i, " is on ", p.device());
+    TORCH_CHECK(p.scalar_type() == dtype, op, ": one call takes one parameter dtype, got ", dtype,
+                " and ", p.scalar_type());
+    TORCH_CHECK(p.is_non_overlapping_and_dense(), op, ": parameter ", i,
+                " is not dense (use the foreach path for such tensors)");
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.device() == p.device() && g.scalar_type() == dtype && g.sizes() == p.sizes() &&
+                    g.strides() == p.strides(),
+                op, ": gradient ", i, " must match its parameter in device, dtype, shape and strides");
+    for (const auto& list : states) {
+      const at::Tensor& s = list[i];
+      TORCH_CHECK(s.device() == p.device() && s.scalar_type() == math && s.sizes() == p.sizes() &&
+                      s.strides() == p.strides(),
+                  op, ": state of parameter ", i, " must be ", math,
+                  " on its device with its shape and strides");
+    }
+  }
+}
+
+}  // namespace lossopt

@@ -1,0 +1,36 @@
+// The plain-C++ boundary between the torch-facing op code (ops_cuda.cpp,
+// compiled by the host compiler with torch headers) and the kernels
+// (kernels.cu, compiled by nvcc with no torch headers, which keeps nvcc fast).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "../rules/adalo.h"
+#include "../rules/adaloss.h"
+#include "../rules/adaml.h"
+
+namespace lossopt::cuda {
+
+enum class ParamType { kFloat32, kFloat16, kBFloat16 };
+
+// One multi-tensor update. tensors[i] holds the addresses of the parameter,
+// its gradient and its state tensors (float32), in that order; all numel[i]
+// elements of each are contiguous. scalars: float32 device memory with the
+// rule's loss-derived scalars; element 0 is the validity flag (0: skip).
+struct TensorLists {
+  ParamType param_type;
+  std::vector<std::vector<void*>> tensors;  // [n_tensors][2 + kStates]
+  std::vector<int64_t> numel;               // [n_tensors]
+  const float* scalars;
+  cudaStream_t stream;
+};
+
+// Each throws std::runtime_error on a launch failure.
+void adalo(const TensorLists& lists, const rules::AdaLoArgs& args);
+void adaml(const TensorLists& lists, const rules::AdamLArgs& args);
+void adaloss(const TensorLists& lists, const rules::AdaLossArgs& args, bool momentum);
+
+}  // namespace lossopt::cuda

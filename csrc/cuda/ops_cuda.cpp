@@ -1,0 +1,82 @@
+// CUDA implementations of the ops: argument checks, then the tensors'
+// addresses handed to the kernels (kernels.cu) on the current stream.
+// Compiled by the host compiler: the torch headers stay out of nvcc.
+
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <stdexcept>
+
+#include "../checks.h"
+#include "launch.h"
+
+namespace lossopt::cuda {
+namespace {
+
+TensorLists make_lists(const char* op, at::TensorList params, at::TensorList grads,
+                       std::initializer_list<at::TensorList> states, const at::Tensor& scalars,
+                       int64_t n_scalars) {
+  check_lists(op, params, grads, states, scalars, n_scalars);
+  TensorLists lists;
+  lists.param_type = ParamType::kFloat32;
+  if (!params.empty()) {
+    switch (params[0].scalar_type()) {
+      case at::kFloat: lists.param_type = ParamType::kFloat32; break;
+      case at::kHalf: lists.param_type = ParamType::kFloat16; break;
+      case at::kBFloat16: lists.param_type = ParamType::kBFloat16; break;
+      default: TORCH_CHECK(false, op, ": CUDA kernels take float32, float16 or bfloat16 parameters, got ",
+                           params[0].scalar_type());
+    }
+  }
+  lists.scalars = scalars.data_ptr<float>();
+  lists.stream = c10::cuda::getCurrentCUDAStream(scalars.device().index()).stream();
+  for (size_t i = 0; i < params.size(); ++i) {
+    std::vector<void*> row{params[i].data_ptr(), grads[i].data_ptr()};
+    for (const auto& list : states) row.push_back(list[i].data_ptr());
+    lists.tensors.push_back(std::move(row));
+    lists.numel.push_back(params[i].numel());
+  }
+  return lists;
+}
+
+void adalo_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
+                const at::Tensor& scalars, double beta1, double weight_decay) {
+  const c10::cuda::CUDAGuard guard(scalars.device());
+  const auto lists = make_lists("lossopt::adalo_", params, grads, {exp_avg}, scalars,
+                                rules::kAdaLoNumScalars);
+  adalo(lists, rules::AdaLoArgs{beta1, weight_decay});
+}
+
+void adaml_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
+                at::TensorList exp_avg_sq, const at::Tensor& scalars, double beta1, double beta2,
+                double weight_decay) {
+  const c10::cuda::CUDAGuard guard(scalars.device());
+  const auto lists = make_lists("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, scalars,
+                                rules::kAdamLNumScalars);
+  adaml(lists, rules::AdamLArgs{beta1, beta2, weight_decay});
+}
+
+void adaloss_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
+                  const at::Tensor& scalars, double momentum, double weight_decay) {
+  const c10::cuda::CUDAGuard guard(scalars.device());
+  const bool with_momentum = !momentum_buffer.empty();
+  const auto lists =
+      with_momentum ? make_lists("lossopt::adaloss_", params, grads, {momentum_buffer}, scalars,
+                                 rules::kAdaLossNumScalars)
+                    : make_lists("lossopt::adaloss_", params, grads, {}, scalars,
+                                 rules::kAdaLossNumScalars);
+  adaloss(lists, rules::AdaLossArgs{momentum, weight_decay}, with_momentum);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lossopt, CUDA, m) {
+  m.impl("adalo_", &adalo_cuda);
+  m.impl("adaml_", &adaml_cuda);
+  m.impl("adaloss_", &adaloss_cuda);
+}
+
+}  // namespace lossopt::cuda

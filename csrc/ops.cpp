@@ -1,0 +1,56 @@
+// Operator schemas (one op per rule, in place) and the Python module shell.
+// The CPU implementations register in cpu/kernels.cpp, the CUDA ones in
+// cuda/ops_cuda.cpp; the fake (meta) implementations for torch.compile are
+// registered from Python (lossopt_cuda/_fused.py).
+
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#ifdef LOSSOPT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#ifndef LOSSOPT_CUDA_ARCHS
+#define LOSSOPT_CUDA_ARCHS ""
+#endif
+
+namespace {
+
+// "key=value;..." read by lossopt_cuda.build_info().
+std::string build_info() {
+  std::string info = "cpu_kernels=1";
+#ifdef LOSSOPT_WITH_CUDA
+  info += ";cuda=1;cuda_version=" + std::to_string(CUDART_VERSION / 1000) + "." +
+          std::to_string((CUDART_VERSION % 1000) / 10);
+  info += std::string(";cuda_archs=") + LOSSOPT_CUDA_ARCHS;
+#else
+  info += ";cuda=0";
+#endif
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lossopt, m) {
+  // scalars: the rule's loss-derived scalars on the parameters' device
+  // (csrc/rules/<rule>.h lists them); element 0 is 0 when the loss was bad.
+  m.def(
+      "adalo_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor scalars, "
+      "float beta1, float weight_decay) -> ()");
+  m.def(
+      "adaml_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
+      "Tensor(c!)[] exp_avg_sq, Tensor scalars, float beta1, float beta2, "
+      "float weight_decay) -> ()");
+  m.def(
+      "adaloss_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, "
+      "Tensor scalars, float momentum, float weight_decay) -> ()");
+  m.def("build_info() -> str", &build_info);
+}
+
+// Importing lossopt_cuda._C runs the registrations above; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
