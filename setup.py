@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -70,9 +71,21 @@ def extensions():
     except ImportError:
         return [], "pure Python (torch is not importable at build time: install torch first and use --no-build-isolation)"
 
-    sources = ["csrc/ops.cpp", "csrc/cpu/kernels.cpp"]
     cxx_flags = ["-O3", "-fno-math-errno"]
-    define_macros = []
+    from torch.utils.cpp_extension import CppExtension
+
+    cpu_exts = [
+        CppExtension(
+            f"lossopt_cuda._cpu_{isa.lower()}",
+            ["csrc/cpu/kernels.cpp"],
+            define_macros=[("LOSSOPT_CPU_MODULE", f"_cpu_{isa.lower()}"),
+                           ("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)],
+            extra_compile_args={"cxx": cxx_flags + flags},
+        )
+        for isa, flags in cpu_isas()
+    ]
+    isas = "/".join(isa for isa, _ in cpu_isas())
+
     want_cuda = mode in ("auto", "cuda") and torch.version.cuda is not None
     cuda_home = find_cuda_home() if want_cuda else None
     if want_cuda and cuda_home is None:
@@ -88,24 +101,35 @@ def extensions():
         raise RuntimeError("LOSSOPT_BUILD=cuda but the CUDA kernels cannot be built (see above)")
 
     if cuda_home is None:
-        from torch.utils.cpp_extension import CppExtension
-
-        ext = CppExtension("lossopt_cuda._C", sources, extra_compile_args={"cxx": cxx_flags})
-        return [ext], f"CPU kernels (torch {torch.__version__})"
+        ext = CppExtension("lossopt_cuda._C", ["csrc/ops.cpp"], extra_compile_args={"cxx": cxx_flags})
+        return [ext] + cpu_exts, f"CPU kernels ({isas}; torch {torch.__version__})"
 
     os.environ["CUDA_HOME"] = cuda_home
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import CUDAExtension
 
     arch_names = sorted({a.replace("+PTX", "").strip() for a in archs.replace(" ", ";").split(";") if a.strip()})
-    define_macros += [("LOSSOPT_WITH_CUDA", None), ("LOSSOPT_CUDA_ARCHS", f'"{",".join(arch_names)}"')]
     ext = CUDAExtension(
         "lossopt_cuda._C",
-        sources + ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"],
-        define_macros=define_macros,
+        ["csrc/ops.cpp", "csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"],
+        define_macros=[("LOSSOPT_WITH_CUDA", None), ("LOSSOPT_CUDA_ARCHS", f'"{",".join(arch_names)}"')],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
     )
-    return [ext], f"CPU and CUDA kernels (CUDA {torch.version.cuda}, archs {archs}, toolkit {cuda_home})"
+    return [ext] + cpu_exts, (f"CPU kernels ({isas}) and CUDA kernels (CUDA {torch.version.cuda}, "
+                              f"archs {archs}, toolkit {cuda_home})")
+
+
+def cpu_isas() -> list[tuple[str, list[str]]]:
+    """Instruction sets to compile the CPU kernels for, with their compiler flags
+    (those ATen uses for its own kernels). At run time the package loads the one
+    matching ``torch.backends.cpu.get_cpu_capability()``."""
+    isas = [("DEFAULT", [])]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        isas += [
+            ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
+            ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
+        ]
+    return isas
 
 
 EXT_MODULES, WHAT = extensions()
@@ -116,6 +140,20 @@ if EXT_MODULES:
     class OptionalBuildExtension(BuildExtension):
         """Fall back to a pure-Python install when the compiler fails, unless
         LOSSOPT_BUILD asked for kernels explicitly."""
+
+        def build_extension(self, ext):
+            # One object folder per module: the CPU kernels are one source
+            # compiled with different flags into several modules.
+            shared_temp = self.build_temp
+            self.build_temp = os.path.join(shared_temp, ext.name)
+            try:
+                super().build_extension(ext)
+            except Exception as err:  # noqa: BLE001 - a compiler without these flags
+                if not ext.name.endswith(("_avx2", "_avx512")):
+                    raise
+                log(f"skipping {ext.name} ({err}): the DEFAULT CPU kernels serve instead")
+            finally:
+                self.build_temp = shared_temp
 
         def run(self):
             try:

@@ -1,6 +1,6 @@
 // Operator schemas (one op per rule, in place) and the Python module shell.
-// The CPU implementations register in cpu/kernels.cpp, the CUDA ones in
-// cuda/ops_cuda.cpp; the fake (meta) implementations for torch.compile are
+// The CPU implementations register in cpu/kernels.cpp (a module of their own per
+// instruction set), the CUDA ones in cuda/ops_cuda.cpp (built into this module); the fake (meta) implementations for torch.compile are
 // registered from Python (lossopt_cuda/_fused.py).
 
 #include <Python.h>
@@ -18,15 +18,16 @@
 
 namespace {
 
-// "key=value;..." read by lossopt_cuda.build_info().
+// "key=value;..." read by lossopt_cuda.build_info() (which finds the CPU
+// kernel modules itself).
 std::string build_info() {
-  std::string info = "cpu_kernels=1";
+  std::string info;
 #ifdef LOSSOPT_WITH_CUDA
-  info += ";cuda=1;cuda_version=" + std::to_string(CUDART_VERSION / 1000) + "." +
+  info += "cuda=1;cuda_version=" + std::to_string(CUDART_VERSION / 1000) + "." +
           std::to_string((CUDART_VERSION % 1000) / 10);
   info += std::string(";cuda_archs=") + LOSSOPT_CUDA_ARCHS;
 #else
-  info += ";cuda=0";
+  info += "cuda=0";
 #endif
   return info;
 }

@@ -1,13 +1,19 @@
 """What this installation was built with, and where its compiled kernels can run.
 
-The compiled extension ``lossopt_cuda._C`` is optional: without it every
-optimizer runs on its ``foreach`` or for-loop path.
+The compiled modules are optional: without them every optimizer runs on its
+``foreach`` or for-loop path. ``lossopt_cuda._C`` holds the operator schemas and
+the CUDA kernels; the CPU kernels are built once per instruction set
+(``_cpu_default``, ``_cpu_avx2``, ``_cpu_avx512``) and the one matching torch's
+own CPU capability (``torch.backends.cpu.get_cpu_capability()``, which honours
+``ATEN_CPU_CAPABILITY``) is imported.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict
+import importlib
+from types import ModuleType
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -15,6 +21,25 @@ try:  # importing it registers the torch.ops.lossopt operators
     from . import _C  # type: ignore[attr-defined]  # noqa: F401
 except ImportError:  # a pure-Python install
     _C = None
+
+# Best first; each is tried only where torch itself runs that capability.
+_CPU_MODULES = {"AVX512": ("avx512", "avx2", "default"), "AVX2": ("avx2", "default")}
+
+
+def _load_cpu_kernels() -> Tuple[Optional[ModuleType], Optional[str]]:
+    """Import (and so register) the best CPU kernel module this CPU can run."""
+    if _C is None:
+        return None, None
+    capability = torch.backends.cpu.get_cpu_capability()
+    for isa in _CPU_MODULES.get(capability, ("default",)):
+        try:
+            return importlib.import_module(f"{__package__}._cpu_{isa}"), isa.upper()
+        except ImportError:
+            continue
+    return None, None
+
+
+_CPU_KERNELS, _CPU_ISA = _load_cpu_kernels()
 
 #: Parameter dtypes each device's kernels take.
 FUSED_DTYPES = {
@@ -26,7 +51,8 @@ FUSED_DTYPES = {
 def build_info() -> Dict[str, Any]:
     """Describe the compiled kernels of this installation.
 
-    Keys: ``cpu_kernels`` (bool), ``cuda`` (bool: CUDA kernels built),
+    Keys: ``cpu_kernels`` (bool), ``cpu_isa`` (the instruction set the loaded
+    CPU kernels were compiled for, or None), ``cuda`` (bool: CUDA kernels built),
     ``cuda_version`` (str or None), ``cuda_archs`` (list such as ``["8.0", "9.0"]``),
     ``torch_version`` (the torch this process runs). Returns a fresh dict each call.
     """
@@ -37,7 +63,8 @@ def build_info() -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _build_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
-        "cpu_kernels": False,
+        "cpu_kernels": _CPU_KERNELS is not None,
+        "cpu_isa": _CPU_ISA,
         "cuda": False,
         "cuda_version": None,
         "cuda_archs": [],
@@ -45,7 +72,6 @@ def _build_info() -> Dict[str, Any]:
     }
     if _C is not None:
         fields = dict(item.split("=", 1) for item in torch.ops.lossopt.build_info().split(";"))
-        info["cpu_kernels"] = fields.get("cpu_kernels") == "1"
         info["cuda"] = fields.get("cuda") == "1"
         info["cuda_version"] = fields.get("cuda_version")
         info["cuda_archs"] = [a for a in fields.get("cuda_archs", "").split(",") if a]

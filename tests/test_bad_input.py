@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lossopt_cuda
-from lossopt_cuda import AdaLo, AdaLoss, AdamL, MissingLossError, build_info
+from lossopt_cuda import AdaLo, AdaLoss, AdamL, MissingLossError
 
 from conftest import (CROSS_TOL, HAS_CPU_KERNELS, OPTS, PATHS, REF, assert_params_match_ref,
                       assert_state_matches_ref, assert_unchanged, clone_params,
@@ -389,12 +389,6 @@ def test_valid_edge_hyperparameters_accepted(cls):
     opt = cls(params, **edge)
     set_grads(params, make_grads(params, torch.Generator().manual_seed(0)))
     opt.step(loss=1.0)
-
-
-def test_build_info():
-    info = build_info()
-    assert isinstance(info, dict)
-    assert isinstance(info["cpu_kernels"], bool)
 
 
 @pytest.mark.parametrize("cls", [AdaLo, AdamL, AdaLoss])

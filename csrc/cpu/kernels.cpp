@@ -4,6 +4,14 @@
 // The tensors are cut into chunks; at::parallel_for spreads the chunks over the
 // intra-op threads. float and double run through at::vec::Vectorized with a
 // scalar tail; float16 and bfloat16 are widened to float element by element.
+//
+// setup.py compiles this file once per instruction set (DEFAULT, AVX2, AVX512)
+// into its own module, named by LOSSOPT_CPU_MODULE; CPU_CAPABILITY puts each
+// copy of at::vec in its own namespace, as in ATen. lossopt_cuda/_build.py
+// imports the one module that matches torch's CPU capability, and importing it
+// registers its CPU implementations.
+
+#include <Python.h>  // first, as Python asks
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -128,3 +136,18 @@ TORCH_LIBRARY_IMPL(lossopt, CPU, m) {
 }
 
 }  // namespace lossopt::cpu
+
+#ifndef LOSSOPT_CPU_MODULE
+#define LOSSOPT_CPU_MODULE _cpu_default
+#endif
+#define LOSSOPT_STR2(x) #x
+#define LOSSOPT_STR(x) LOSSOPT_STR2(x)
+#define LOSSOPT_CAT2(a, b) a##b
+#define LOSSOPT_CAT(a, b) LOSSOPT_CAT2(a, b)
+
+// The Python module shell: importing it runs the registration above.
+extern "C" PyObject* LOSSOPT_CAT(PyInit_, LOSSOPT_CPU_MODULE)(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, LOSSOPT_STR(LOSSOPT_CPU_MODULE),
+                                      nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
