@@ -64,6 +64,18 @@ def check_betas(betas: Any) -> None:
         check_range(f"betas[{i}]", beta, 0.0, 1.0)
 
 
+def assign_scalar(dst: Tensor, value: Tensor) -> Tensor:
+    """``dst <- value`` for a 0-d state tensor, in place; returns ``value``.
+
+    Written through a one-element view, and later reads should use the returned
+    value: torch.compile (seen with torch 2.13) silently drops an in-place update
+    of a 0-d float64 tensor that is a graph input, which would freeze AdaLoss's
+    ``b_sq`` and AdamL's ``loss0`` under compile.
+    """
+    dst.view(1).copy_(value.reshape(1))
+    return value
+
+
 class LossDrivenOptimizer(Optimizer):
     """Base class of optimizers whose step size is set by the current loss.
 

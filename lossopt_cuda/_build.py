@@ -10,7 +10,6 @@ own CPU capability (``torch.backends.cpu.get_cpu_capability()``, which honours
 
 from __future__ import annotations
 
-import functools
 import importlib
 from types import ModuleType
 from typing import Any, Dict, Optional, Tuple
@@ -56,12 +55,10 @@ def build_info() -> Dict[str, Any]:
     ``cuda_version`` (str or None), ``cuda_archs`` (list such as ``["8.0", "9.0"]``),
     ``torch_version`` (the torch this process runs). Returns a fresh dict each call.
     """
-    info = _build_info()
-    return {**info, "cuda_archs": list(info["cuda_archs"])}
+    return {**_INFO, "cuda_archs": list(_INFO["cuda_archs"])}
 
 
-@functools.lru_cache(maxsize=None)
-def _build_info() -> Dict[str, Any]:
+def _read_build_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "cpu_kernels": _CPU_KERNELS is not None,
         "cpu_isa": _CPU_ISA,
@@ -78,9 +75,14 @@ def _build_info() -> Dict[str, Any]:
     return info
 
 
+# Read once at import: step() consults it, and torch.compile cannot trace the
+# string-returning build_info op.
+_INFO = _read_build_info()
+
+
 def fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a compiled kernel can step parameters of this device and dtype."""
-    info = _build_info()
+    info = _INFO
     built = {"cpu": info["cpu_kernels"], "cuda": info["cuda"]}.get(device.type, False)
     return built and dtype in FUSED_DTYPES.get(device.type, ())
 

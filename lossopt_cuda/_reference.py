@@ -40,7 +40,10 @@ def _widen_all(ts: Sequence[Tensor], dtype: torch.dtype) -> List[Tensor]:
 
 def _commit(dst: Tensor, new: Tensor, valid: Tensor) -> None:
     """``dst = new`` where the loss was valid, else unchanged (no host branch)."""
-    dst.copy_(torch.where(valid, new, dst))
+    merged = torch.where(valid, new, dst)
+    if dst.dim() == 0:  # through a view: see _base.assign_scalar (torch.compile)
+        dst, merged = dst.view(1), merged.reshape(1)
+    dst.copy_(merged)
 
 
 def _commit_all(dsts: Sequence[Tensor], news: Sequence[Tensor], valid: Tensor) -> None:
@@ -152,7 +155,9 @@ def adaml_foreach(
     g_sq = torch._foreach_mul(g, g)
     torch._foreach_mul_(g_sq, grad_sq_scale)
     torch._foreach_add_(w_new, g_sq)
-    torch._foreach_add_(w_new, eps_l)
+    # A list of the 0-d tensor, not the tensor itself: torch.compile turns the
+    # tensor-scalar overload of _foreach_add_ into .item(), a host sync.
+    torch._foreach_add_(w_new, [eps_l] * len(w_new))
 
     denom = torch._foreach_div(w_new, bias_correction2)
     torch._foreach_sqrt_(denom)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from . import _fused, _reference
-from ._base import LossDrivenOptimizer, ParamsT, check_betas, check_lr, check_range
+from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_betas, check_lr, check_range
 
 MODES = ("adversarial", "compliant")
 
@@ -101,7 +101,7 @@ class AdaLo(LossDrivenOptimizer):
         beta1, beta2 = group["betas"]
         ema = state["loss_ema"]
         sigma = 1 / (2 + loss)
-        ema.copy_(torch.where(valid, ema + (1 - beta2) * (sigma - ema), ema))
+        ema = assign_scalar(ema, torch.where(valid, ema + (1 - beta2) * (sigma - ema), ema))
         scale = ema if group["mode"] == "adversarial" else 1 - ema
         lr_t = torch.clamp_min(scale / group["kappa"], group["eps"])
         return dict(lr_t=lr_t, beta1=beta1, weight_decay=group["weight_decay"])

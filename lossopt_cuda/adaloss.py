@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _fused, _reference
 from ._loss import scalar_dtype
-from ._base import LossDrivenOptimizer, ParamsT, check_lr, check_range
+from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_lr, check_range
 
 
 class AdaLoss(LossDrivenOptimizer):
@@ -86,7 +86,7 @@ class AdaLoss(LossDrivenOptimizer):
         self, group: Dict[str, Any], state: Dict[str, Tensor], loss: Tensor, valid: Tensor
     ) -> Dict[str, Any]:
         b_sq = state["b_sq"]
-        b_sq.copy_(torch.where(valid, b_sq + group["alpha"] * (loss - group["c"]).abs(), b_sq))
+        b_sq = assign_scalar(b_sq, torch.where(valid, b_sq + group["alpha"] * (loss - group["c"]).abs(), b_sq))
         return dict(
             lr=group["lr"],
             b=b_sq.sqrt(),

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _fused, _reference
 from ._loss import scalar_dtype
-from ._base import LossDrivenOptimizer, ParamsT, check_betas, check_lr, check_range
+from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_betas, check_lr, check_range
 
 #: Floor of the loss gap ``l`` (and of ``l0``): keeps ``l**phi`` and ``1/l`` finite.
 MIN_GAP = 1e-12
@@ -109,8 +109,8 @@ class AdamL(LossDrivenOptimizer):
         step, loss0 = state["step"], state["loss0"]
         gap = loss - group["min_loss"]
         first_gap = torch.where(step == 0, torch.clamp_min(gap, MIN_GAP), loss0)
-        step.copy_(torch.where(valid, step + 1, step))
-        loss0.copy_(torch.where(valid, first_gap, loss0))
+        step = assign_scalar(step, torch.where(valid, step + 1, step))
+        loss0 = assign_scalar(loss0, torch.where(valid, first_gap, loss0))
         l = gap / loss0 if group["normalize_loss"] else gap
         l = torch.clamp_min(l, MIN_GAP)
         s = 1 / (group["gamma"] * l ** group["phi"])

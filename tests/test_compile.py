@@ -1,0 +1,56 @@
+"""torch.compile: a compiled function that calls ``opt.step(loss=loss)`` runs,
+matches eager execution (a bad loss included) and compiles once, not every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+
+from conftest import OPTS, PATHS, clone_params, make_grads, make_opt, make_params, random_losses, set_grads
+
+HP = {
+    "AdaLo": dict(kappa=2.0, weight_decay=1e-2),
+    "AdamL": dict(lr=1e-2, normalize_loss=True, weight_decay=1e-3),
+    "AdaLoss": dict(lr=0.3, b0=0.5, momentum=0.5),
+}
+SHAPES = [(7,), (3, 5), ()]
+WARMUP = 2  # the first step creates the state: one recompile is expected there
+
+
+def _train(name, path, params, grads, losses, step_fn_wrapper):
+    opt = make_opt(OPTS[name], params, path, **HP[name])
+    step = step_fn_wrapper(lambda loss: opt.step(loss=loss))
+    for i, (g, loss) in enumerate(zip(grads, losses)):
+        set_grads(params, g)
+        if i == WARMUP:
+            # From here on a recompilation is an error (on the compiled run).
+            ctx = torch._dynamo.config.patch(error_on_recompile=True)
+            ctx.__enter__()
+        step(torch.tensor(loss, dtype=torch.float32))  # as a model in fp32 returns it
+    if len(losses) > WARMUP:
+        ctx.__exit__(None, None, None)
+    return opt
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", sorted(OPTS))
+def test_compiled_step_matches_eager_and_compiles_once(name, path, gen):
+    torch._dynamo.reset()
+    params = make_params(torch.float64, int(torch.randint(1 << 30, (1,), generator=gen)), SHAPES)
+    grads = [make_grads(params, gen) for _ in range(6)]
+    losses = random_losses(gen, 6)
+    losses[3] = float("nan")  # a skipped step inside the compiled region
+
+    eager_params = clone_params(params)
+    eager = _train(name, path, eager_params, grads, losses, lambda f: f)
+    compiled_params = clone_params(params)
+    compiled = _train(name, path, compiled_params, grads, losses, torch.compile)
+
+    for a, b in zip(eager_params, compiled_params):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    for p_e, p_c in zip(eager_params, compiled_params):
+        for key, value in eager.state[p_e].items():
+            torch.testing.assert_close(compiled.state[p_c][key], value, rtol=1e-12, atol=1e-14)
+    # The bad loss was counted on the compiled run too.
+    assert compiled.skipped_steps == eager.skipped_steps == 1
