@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._build import fused_supported, require_kernels
-from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, will_average
+from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, scalar_dtype, will_average
+from ._reference import unscale_grads
 from ._skips import SkipCounter
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
@@ -91,6 +92,12 @@ class LossDrivenOptimizer(Optimizer):
     #: Per-group scalars, kept in the state of the group's first parameter so
     #: that state_dict(), FSDP and checkpoint tools see ordinary per-parameter state.
     _group_state_keys: Tuple[str, ...] = ()
+    #: torch.amp.GradScaler.step() then leaves the gradients scaled and sets
+    #: ``grad_scale`` and ``found_inf`` on the optimizer for the duration of
+    #: step(): the gradients are unscaled inside the update and an overflow
+    #: skips the step on the device, with no host sync (the scaler's generic
+    #: path reads found_inf on the host every step).
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -181,10 +188,16 @@ class LossDrivenOptimizer(Optimizer):
         if averaging:
             loss_t = average_across_ranks(loss_t, self.process_group)
         valid = self._loss_is_valid(loss_t)
-        self._skips.record(~valid)
+        self._skips.record(~valid)  # overflowed gradients are the scaler's to count
+        # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
+        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
+        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
+        if found_inf is not None:
+            valid = valid & (_place(found_inf, home) == 0)
+        inv_grad_scale = None if grad_scale is None else 1 / _place(grad_scale, home).to(scalar_dtype(home))
 
         for group, buckets in work:
-            self._step_group(group, buckets, loss_t, valid)
+            self._step_group(group, buckets, loss_t, valid, inv_grad_scale)
         self._skips.poll()
         return given
 
@@ -287,6 +300,7 @@ class LossDrivenOptimizer(Optimizer):
         buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]],
         loss: Tensor,
         valid: Tensor,
+        inv_grad_scale: Optional[Tensor] = None,
     ) -> None:
         gstate = self._group_state(group)
         gdevice = group["params"][0].device
@@ -297,13 +311,14 @@ class LossDrivenOptimizer(Optimizer):
             states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
             kwargs = {k: _to_bucket(v, device, cdtype) for k, v in scalars.items()}
             update = self._choose_impl(device, dtype)
-            update(
-                params,
-                [p.grad for p in params],
-                valid=_place(valid, device),
-                **states,
-                **kwargs,
-            )
+            grads = [p.grad for p in params]
+            if inv_grad_scale is not None:
+                inv = _to_bucket(inv_grad_scale, device, cdtype)
+                if update is type(self)._fused:  # unscaled inside the kernel
+                    kwargs["inv_grad_scale"] = inv
+                else:
+                    grads = unscale_grads(grads, inv, states)
+            update(params, grads, valid=_place(valid, device), **states, **kwargs)
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
         state = self.state[p]

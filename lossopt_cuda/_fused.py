@@ -3,8 +3,10 @@ arguments as its reference functions in :mod:`lossopt_cuda._reference`.
 
 The loss-derived scalars are stacked into one small tensor on the device (one
 tiny launch); the kernel reads it, so nothing waits for the GPU and a step can
-be captured in a CUDA graph. Element 0 of that tensor is the loss's validity:
-the kernels return at once when it is 0.
+be captured in a CUDA graph. It starts with the step's validity (the kernels
+return at once when it is 0) and the inverse gradient scale of
+``torch.amp.GradScaler`` (1 without one), then the rule's scalars, in the
+order of csrc/rules/common.h and the rule's header.
 
 The kernels walk each tensor as flat memory, so a parameter whose gradient or
 state is laid out differently (or is not dense) takes the foreach path within
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from . import _reference
 from ._build import _C
+from ._reference import unscale_grads
 
 Scalar = _reference.Scalar
 
@@ -45,11 +48,13 @@ def _walkable(p: Tensor, g: Tensor, states: Sequence[Tensor]) -> bool:
     )
 
 
-def _scalar_tensor(valid: Tensor, values: Sequence[Scalar], param: Tensor) -> Tensor:
-    """[valid, *values] as one vector on ``param``'s device in its math dtype."""
+def _scalar_tensor(
+    valid: Tensor, inv_grad_scale: Optional[Tensor], values: Sequence[Scalar], param: Tensor
+) -> Tensor:
+    """[valid, inv_grad_scale, *values] as one vector on ``param``'s device in its math dtype."""
     dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     parts = [valid.to(device=param.device, dtype=dtype)]
-    for v in values:
+    for v in [1.0 if inv_grad_scale is None else inv_grad_scale, *values]:
         if isinstance(v, Tensor):
             parts.append(v.to(device=param.device, dtype=dtype).reshape(()))
         else:  # a fill is a kernel argument: no host-to-device copy
@@ -67,6 +72,7 @@ def _launch(
     scalars: Sequence[Scalar],
     args: Sequence[float],
     rule_kwargs: Dict[str, Any],
+    inv_grad_scale: Optional[Tensor],
 ) -> None:
     dense = [
         _walkable(p, g, [s[i] for s in states.values()])
@@ -76,7 +82,7 @@ def _launch(
         rest = [i for i, ok in enumerate(dense) if not ok]
         fallback(
             [params[i] for i in rest],
-            [grads[i] for i in rest],
+            unscale_grads([grads[i] for i in rest], inv_grad_scale, states),
             valid=valid,
             **{k: [v[i] for i in rest] for k, v in states.items()},
             **rule_kwargs,
@@ -88,19 +94,19 @@ def _launch(
         [params[i] for i in keep],
         [grads[i] for i in keep],
         *[[v[i] for i in keep] for v in states.values()],
-        _scalar_tensor(valid, scalars, params[keep[0]]),
+        _scalar_tensor(valid, inv_grad_scale, scalars, params[keep[0]]),
         *args,
     )
 
 
 def adalo_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor], valid: Tensor,
-    lr_t: Tensor, beta1: float, weight_decay: float,
+    lr_t: Tensor, beta1: float, weight_decay: float, inv_grad_scale: Optional[Tensor] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adalo_, _reference.adalo_foreach, params, grads,
         {"exp_avg": exp_avg}, valid, [lr_t], [beta1, weight_decay],
-        dict(lr_t=lr_t, beta1=beta1, weight_decay=weight_decay),
+        dict(lr_t=lr_t, beta1=beta1, weight_decay=weight_decay), inv_grad_scale,
     )
 
 
@@ -108,7 +114,7 @@ def adaml_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor],
     exp_avg_sq: List[Tensor], valid: Tensor, lr: Scalar, beta1: float, beta2: float,
     grad_sq_scale: Tensor, eps_l: Tensor, bias_correction1: Tensor,
-    bias_correction2: Tensor, weight_decay: float,
+    bias_correction2: Tensor, weight_decay: float, inv_grad_scale: Optional[Tensor] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adaml_, _reference.adaml_foreach, params, grads,
@@ -119,12 +125,14 @@ def adaml_fused(
         dict(lr=lr, beta1=beta1, beta2=beta2, grad_sq_scale=grad_sq_scale, eps_l=eps_l,
              bias_correction1=bias_correction1, bias_correction2=bias_correction2,
              weight_decay=weight_decay),
+        inv_grad_scale,
     )
 
 
 def adaloss_fused(
     params: List[Tensor], grads: List[Tensor], *, valid: Tensor, lr: Scalar, b: Tensor,
     momentum: float, weight_decay: float, momentum_buffer: Optional[List[Tensor]] = None,
+    inv_grad_scale: Optional[Tensor] = None,
 ) -> None:
     states = {"momentum_buffer": momentum_buffer} if momentum_buffer is not None else {}
     # The op takes an empty buffer list for "no momentum"; the fallback takes None.
@@ -133,7 +141,7 @@ def adaloss_fused(
     _launch(
         launch_op, _reference.adaloss_foreach, params, grads, states, valid,
         [lr, b], [momentum, weight_decay],
-        dict(lr=lr, b=b, momentum=momentum, weight_decay=weight_decay),
+        dict(lr=lr, b=b, momentum=momentum, weight_decay=weight_decay), inv_grad_scale,
     )
 
 

@@ -22,7 +22,7 @@ needed since a bad loss usually comes with NaN gradients and ``0 * NaN`` is NaN.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -44,6 +44,23 @@ def _commit(dst: Tensor, new: Tensor, valid: Tensor) -> None:
     if dst.dim() == 0:  # through a view: see _base.assign_scalar (torch.compile)
         dst, merged = dst.view(1), merged.reshape(1)
     dst.copy_(merged)
+
+
+def unscale_grads(
+    grads: List[Tensor], inv_grad_scale: Optional[Tensor], states: Dict[str, List[Tensor]]
+) -> List[Tensor]:
+    """Gradients divided by torch.amp.GradScaler's scale (``grads`` itself without one).
+
+    New tensors in the math dtype (that of the state, else float32/float64): the
+    user's ``.grad`` stays as the scaler left it, and a low-precision gradient is
+    widened before it is scaled. A power-of-two scale makes this exact.
+    """
+    if inv_grad_scale is None or not grads:
+        return grads
+    first_state = next((s for s in states.values() if s), None)
+    dtype = first_state[0].dtype if first_state else (
+        torch.float64 if grads[0].dtype == torch.float64 else torch.float32)
+    return torch._foreach_mul(_widen_all(grads, dtype), [inv_grad_scale.to(dtype)] * len(grads))
 
 
 def _commit_all(dsts: Sequence[Tensor], news: Sequence[Tensor], valid: Tensor) -> None:

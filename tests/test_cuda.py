@@ -897,3 +897,57 @@ def test_cpu_parameters_with_a_busy_gpu(cfg, variant):
         torch.cuda.synchronize()
         ref.step(loss=L)
         _assert_params(params, refs, F32, msg=f"{cfg} {variant} step {k + 1}")
+
+
+# ----------------------------------------------------------------------------
+# torch.amp.GradScaler on the fused CUDA path: unscaled in the kernel, an
+# overflow skipped on the device; bit-exact against training without a scaler.
+# ----------------------------------------------------------------------------
+def _scaler_run(cfg, dtype, use_scaler, poison_step=None, skip_step=None):
+    cls, hp = CONFIGS[cfg]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(33, 17), torch.nn.Tanh(), torch.nn.Linear(17, 5))
+    model = model.to(DEVICE, dtype)
+    opt = cls(model.parameters(), fused=True, **hp)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, growth_interval=2) if use_scaler else None
+    gen = torch.Generator().manual_seed(1)
+    for i in range(6):
+        x = torch.randn(8, 33, generator=gen).to(DEVICE, dtype)
+        y = torch.randn(8, 5, generator=gen).to(DEVICE, dtype)
+        if i == skip_step:
+            continue
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x).float(), y.float())
+        (scaler.scale(loss) if scaler else loss).backward()
+        if i == poison_step:
+            model[0].weight.grad[0, 0] = float("inf")
+            before = [p.detach().clone() for p in model.parameters()]
+            state_before = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+        if scaler:
+            scaler.step(opt, loss=loss)
+            scaler.update()
+        else:
+            opt.step(loss=loss)
+        if i == poison_step:
+            for a, b in zip(before, model.parameters()):
+                assert torch.equal(a, b)
+            for k, v in state_before.items():
+                assert torch.equal(v, opt.state[model[0].weight][k]), k
+    return model
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("cfg", ONE_PER_RULE)
+def test_grad_scaler_fused_equals_unscaled(cfg, dtype):
+    plain = _scaler_run(cfg, dtype, use_scaler=False)
+    scaled = _scaler_run(cfg, dtype, use_scaler=True)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cfg", ONE_PER_RULE)
+def test_grad_scaler_overflow_skips_on_device(cfg):
+    poisoned = _scaler_run(cfg, F32, use_scaler=True, poison_step=2)
+    reference = _scaler_run(cfg, F32, use_scaler=False, skip_step=2)
+    for a, b in zip(reference.parameters(), poisoned.parameters()):
+        assert torch.equal(a, b)

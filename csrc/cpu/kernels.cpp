@@ -44,13 +44,15 @@ void run_chunk(T* p, const T* g, S* const* states, int64_t begin, int64_t end, c
                const Args& args) {
   constexpr int K = Rule<S>::kStates;
   const Rule<S> rule(scalars, args);
+  const S inv_scale = scalars[kInvGradScale];
   int64_t i = begin;
   if constexpr (std::is_same_v<T, S>) {
     using Vec = at::vec::Vectorized<S>;
     const Rule<Vec> vrule(scalars, args);
+    const Vec vinv_scale(inv_scale);
     for (; i + Vec::size() <= end; i += Vec::size()) {
       Vec vp = Vec::loadu(p + i);
-      const Vec vg = Vec::loadu(g + i);
+      const Vec vg = Vec::loadu(g + i) * vinv_scale;
       Vec vs[K > 0 ? K : 1];
       for (int k = 0; k < K; ++k) vs[k] = Vec::loadu(states[k] + i);
       vrule(vp, vg, vs);
@@ -60,7 +62,7 @@ void run_chunk(T* p, const T* g, S* const* states, int64_t begin, int64_t end, c
   }
   for (; i < end; ++i) {
     S sp = static_cast<S>(p[i]);
-    const S sg = static_cast<S>(g[i]);
+    const S sg = static_cast<S>(g[i]) * inv_scale;
     S ss[K > 0 ? K : 1];
     for (int k = 0; k < K; ++k) ss[k] = states[k][i];
     rule(sp, sg, ss);
@@ -88,7 +90,7 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lossopt_cpu", [&] {
     using S = at::opmath_type<scalar_t>;
     const S* sc = scalars.data_ptr<S>();
-    if (sc[0] == S(0)) return;  // a bad loss: change nothing
+    if (sc[kValid] == S(0)) return;  // a bad loss or overflowed gradients: change nothing
     at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         const Chunk& ch = chunks[c];

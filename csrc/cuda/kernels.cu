@@ -49,13 +49,14 @@ struct RuleFunctor {
   // The rule takes a state pointer even when it has no state.
   static constexpr int kStateSlots = kStates > 0 ? kStates : 1;
 
-  const float* scalars;  // device; [0] is the validity flag
+  const float* scalars;  // device; layout in rules/common.h
   Args args;
 
   __device__ __forceinline__ void operator()(const mta::TensorListMetadata<kDepth>& meta) const {
     // A bad loss (flag 0) changes nothing.
-    if (scalars[0] == 0.0f) return;
+    if (scalars[kValid] == 0.0f) return;
     const Rule rule(scalars, args);
+    const float inv_scale = scalars[kInvGradScale];
 
     const mta::ChunkInfo c = mta::chunk_info(meta, blockIdx.x);
     T* __restrict__ p = mta::chunk_ptr<T>(meta, 0, c);
@@ -82,7 +83,7 @@ struct RuleFunctor {
 #pragma unroll
         for (int ii = 0; ii < kILP; ++ii) {
           float pf = to_float(pv.v[ii]);
-          const float gf = to_float(gv.v[ii]);
+          const float gf = to_float(gv.v[ii]) * inv_scale;
           float sf[kStateSlots];
 #pragma unroll
           for (int s = 0; s < kStates; ++s) sf[s] = sv[s].v[ii];
@@ -96,7 +97,7 @@ struct RuleFunctor {
         for (int s = 0; s < kStates; ++s) reinterpret_cast<AlignedVec<float>*>(st[s])[v] = sv[s];
       }
       const int i = n_vec * kILP + static_cast<int>(threadIdx.x);
-      if (i < n) apply_one(rule, p, g, st, i);
+      if (i < n) apply_one(rule, inv_scale, p, g, st, i);
     } else {
       // Scalar path: kILP strided elements per thread per iteration (each
       // access coalesced across the warp), bounds-checked.
@@ -107,7 +108,7 @@ struct RuleFunctor {
           const int i = base + threadIdx.x + ii * blockDim.x;
           if (i < n) {
             pr[ii] = to_float(p[i]);
-            gr[ii] = to_float(g[i]);
+            gr[ii] = to_float(g[i]) * inv_scale;
 #pragma unroll
             for (int s = 0; s < kStates; ++s) sr[ii][s] = st[s][i];
           }
@@ -126,10 +127,10 @@ struct RuleFunctor {
     }
   }
 
-  static __device__ __forceinline__ void apply_one(const Rule& rule, T* p, const T* g,
-                                                   float* const* st, int i) {
+  static __device__ __forceinline__ void apply_one(const Rule& rule, float inv_scale, T* p,
+                                                   const T* g, float* const* st, int i) {
     float pf = to_float(p[i]);
-    const float gf = to_float(g[i]);
+    const float gf = to_float(g[i]) * inv_scale;
     float sf[kStateSlots];
 #pragma unroll
     for (int s = 0; s < kStates; ++s) sf[s] = st[s][i];

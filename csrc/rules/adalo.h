@@ -14,7 +14,7 @@ struct AdaLoArgs {
 };
 
 // Layout of the device scalar tensor the kernel reads.
-enum AdaLoScalar { kAdaLoValid = 0, kAdaLoLr = 1, kAdaLoNumScalars = 2 };
+enum AdaLoScalar { kAdaLoLr = kRuleScalars, kAdaLoNumScalars };
 
 template <typename V>
 struct AdaLo {

@@ -14,7 +14,7 @@ struct AdaLossArgs {
   double weight_decay;
 };
 
-enum AdaLossScalar { kAdaLossValid = 0, kAdaLossLr = 1, kAdaLossB = 2, kAdaLossNumScalars = 3 };
+enum AdaLossScalar { kAdaLossLr = kRuleScalars, kAdaLossB, kAdaLossNumScalars };
 
 template <typename V, bool kMomentum>
 struct AdaLoss {

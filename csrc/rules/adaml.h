@@ -20,13 +20,12 @@ struct AdamLArgs {
 };
 
 enum AdamLScalar {
-  kAdamLValid = 0,
-  kAdamLLr = 1,
-  kAdamLGradSqScale = 2,  // (1 - beta2) * s
-  kAdamLEpsL = 3,         // eps * l
-  kAdamLBiasCorrection1 = 4,
-  kAdamLBiasCorrection2 = 5,
-  kAdamLNumScalars = 6,
+  kAdamLLr = kRuleScalars,
+  kAdamLGradSqScale,  // (1 - beta2) * s
+  kAdamLEpsL,         // eps * l
+  kAdamLBiasCorrection1,
+  kAdamLBiasCorrection2,
+  kAdamLNumScalars,
 };
 
 template <typename V>

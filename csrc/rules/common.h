@@ -13,6 +13,14 @@
 
 namespace lossopt {
 
+// The device scalar vector every op reads: these first, then the rule's own
+// (each rule header lists its layout from kRuleScalars on). The drivers apply
+// both, so no rule knows about them:
+//   kValid        0 when the loss was bad or the gradients overflowed: skip;
+//   kInvGradScale 1 / torch.amp.GradScaler's scale (1 without a scaler): the
+//                 drivers multiply each gradient by it before the rule sees it.
+enum CommonScalar { kValid = 0, kInvGradScale = 1, kRuleScalars = 2 };
+
 LOSSOPT_HD float vsqrt(float x) { return sqrtf(x); }
 LOSSOPT_HD double vsqrt(double x) { return sqrt(x); }
 // SIMD vector types (at::vec::Vectorized) bring their own sqrt().
