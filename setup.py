@@ -132,6 +132,9 @@ def cpu_isas() -> list[tuple[str, list[str]]]:
     return isas
 
 
+# Optional: lossopt_cuda.integrations for PyTorch Lightning and the HF Trainer.
+INTEGRATIONS = ["lightning>=2.0", "transformers>=4.46", "accelerate>=1.1"]
+
 EXT_MODULES, WHAT = extensions()
 cmdclass = {}
 if EXT_MODULES:
@@ -182,9 +185,12 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "numpy", "scikit-learn>=1.2", "tqdm"],
+        # The tests also exercise the integrations, so they pull those in too.
+        "test": ["pytest>=7", "hypothesis>=6", "numpy", "scikit-learn>=1.2", "tqdm",
+                 "matplotlib", "adabelief-pytorch>=0.2.1", *INTEGRATIONS],
         "examples": ["scikit-learn>=1.2", "tqdm"],
-        "benchmarks": ["matplotlib", "tqdm", "numpy", "scikit-learn>=1.2"],
+        "benchmarks": ["matplotlib", "tqdm", "numpy", "scikit-learn>=1.2", "adabelief-pytorch>=0.2.1"],
+        "integrations": INTEGRATIONS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -26,6 +26,11 @@ from torch.optim import Optimizer
 from ._build import fused_supported, require_kernels
 from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, scalar_dtype, will_average
 from ._reference import unscale_grads
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed support
+    _DTensor = None
 from ._skips import SkipCounter
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
@@ -250,6 +255,8 @@ class LossDrivenOptimizer(Optimizer):
         name = type(self).__name__
         work = []
         for group in self.param_groups:
+            if not group["params"]:  # torch.optim allows empty groups (HF Trainer makes them)
+                continue
             buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]] = defaultdict(list)
             for p in group["params"]:
                 if p.grad is None:
@@ -318,13 +325,26 @@ class LossDrivenOptimizer(Optimizer):
                     kwargs["inv_grad_scale"] = inv
                 else:
                     grads = unscale_grads(grads, inv, states)
-            update(params, grads, valid=_place(valid, device), **states, **kwargs)
+            # DTensor parameters (FSDP2, tensor parallelism): every update is
+            # elementwise given the group's scalars, so each rank steps its own shard.
+            update(
+                [_local(p) for p in params],
+                [_local(g) for g in grads],
+                valid=_place(valid, device),
+                **{k: [_local(s) for s in v] for k, v in states.items()},
+                **kwargs,
+            )
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
         state = self.state[p]
         if key not in state:
             state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         return state[key]
+
+
+def _local(t: Tensor) -> Tensor:
+    """The rank's own shard of a DTensor (a view: updates to it update the DTensor)."""
+    return t.to_local() if _DTensor is not None and isinstance(t, _DTensor) else t
 
 
 def _place(t: Tensor, device: torch.device) -> Tensor:

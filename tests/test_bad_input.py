@@ -469,3 +469,15 @@ def test_bad_loss_with_several_groups_counts_once(name, path, gen):
             opt.step(loss=bad)
         assert opt.skipped_steps == k + 1
         assert_unchanged(opt, params, snap)
+
+
+@pytest.mark.parametrize("cls", [AdaLo, AdamL, AdaLoss])
+def test_empty_parameter_group_is_accepted(cls):
+    # torch.optim accepts groups without parameters (HF Trainer's no-decay group
+    # is one when every parameter decays); step() must leave them alone.
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = cls([{"params": [p]}, {"params": []}])
+    p.grad = torch.full_like(p, 0.5)
+    opt.step(loss=1.0)
+    assert not torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
+    assert opt.param_groups[1]["params"] == []

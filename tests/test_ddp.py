@@ -73,8 +73,8 @@ NAN_STEP = 3
 # consume the averaged loss, so each is checked (with loss=<tensor>).
 PATHS = {
     "default": {},
-    "forloop": {"foreach": False},
-    "foreach": {"foreach": True},
+    "forloop": {"foreach": False, "fused": False},
+    "foreach": {"foreach": True, "fused": False},
     "fused": {"fused": True},  # only where compiled CPU kernels take float64
 }
 # (optimizer, mode, path)
