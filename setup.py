@@ -72,6 +72,9 @@ def extensions():
         return [], "pure Python (torch is not importable at build time: install torch first and use --no-build-isolation)"
 
     cxx_flags = ["-O3", "-fno-math-errno"]
+    # at::parallel_for is inline code around `#pragma omp parallel` (torch's
+    # ATen/ParallelOpenMP.h): without -fopenmp it silently runs on one thread.
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
     from torch.utils.cpp_extension import CppExtension
 
     cpu_exts = [
@@ -80,7 +83,8 @@ def extensions():
             ["csrc/cpu/kernels.cpp"],
             define_macros=[("LOSSOPT_CPU_MODULE", f"_cpu_{isa.lower()}"),
                            ("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)],
-            extra_compile_args={"cxx": cxx_flags + flags},
+            extra_compile_args={"cxx": cxx_flags + flags + openmp},
+            extra_link_args=openmp,
         )
         for isa, flags in cpu_isas()
     ]
