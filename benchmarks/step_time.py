@@ -114,14 +114,17 @@ TARGET_LABEL = "target: CPU, 12.6M fp32 elements in 28 transformer-shaped tensor
 # FLOPs: arithmetic operations in the per-element update as the fused kernels
 # (csrc/rules/*.h) and torch's Adam write it; +, -, *, /, sqrt count 1 each.
 # The loss-derived scalars (lr_t, b, bias corrections...) are per group, not per
-# element, and are not counted.
+# element, and are not counted. The kernels also multiply each gradient by the
+# inverse GradScaler scale (1 without a scaler): one more multiply per element
+# for every rule, not counted here (torch's fused Adam has the same).
 #
 #   AdaLo    m = m + c1*(g - m)                        3  (sub, mul, add)
 #            p = p*decay - lr_t*m                      3  (mul, mul, sub)          -> 6
 #   AdamL    m = b1*m + c1*g                           3
 #            w = b2*w + s*g*g + eps_l                  5  (3 mul, 2 add)
-#            p = p*decay - lr*(m/bc1)/sqrt(w/bc2)      7  (2 div, sqrt, mul, mul,
-#                                                          div, sub)              -> 15
+#            p = p*decay - step*m/sqrt(w*inv_bc2)      6  (3 mul, sqrt, div, sub;
+#                                                          step = lr/bc1 and
+#                                                          inv_bc2 = 1/bc2 per group) -> 14
 #   AdaLoss  d = g/b                                   1
 #            [weight_decay: d = d + wd*p               2]
 #            [momentum: buf = mom*buf + d; d = buf     2]
@@ -154,7 +157,7 @@ def flops_per_element(optimizer: str, hp: Dict[str, Any]) -> int:
     if optimizer == "AdaLo":
         return 6
     if optimizer == "AdamL":
-        return 15
+        return 14
     if optimizer == "AdaLoss":
         return 3 + (2 if hp.get("weight_decay", 0.0) else 0) + (2 if hp.get("momentum", 0.0) else 0)
     if optimizer == "Adam":

@@ -9,6 +9,8 @@ CPU it is reported in the same ``step()`` call.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Dict, Optional
 
@@ -52,6 +54,7 @@ class SkipCounter:
         self._devices: Dict[torch.device, _DeviceCount] = {}
         self._host = 0
         self._reported = 0
+        self._next_warning = 1  # warn at 1, 2, 4, 8, ... skips: never a flood
 
     def record(self, invalid: torch.Tensor) -> None:
         """Add ``invalid`` (a 0-d bool tensor on the device) to the count."""
@@ -75,19 +78,36 @@ class SkipCounter:
             if value is None:
                 return  # some device has not reported yet: try again next step
             seen += value
-        if seen > self._reported:
+        if seen >= self._next_warning:
             warnings.warn(
                 f"{self.owner}: {seen} step(s) skipped so far because the loss was NaN, "
                 "infinite or outside the rule's domain; those steps changed no parameter "
-                "and no optimizer state.",
+                "and no optimizer state (next warning at "
+                f"{2 * seen} skips; `skipped_steps` has the exact count).",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
             self._reported = seen
+            self._next_warning = 2 * seen
 
     def total(self) -> int:
         """The exact count; waits for the devices (do not call it every step)."""
         return self._host + sum(int(c.count) for c in self._devices.values())
+
+
+_LIBRARY_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(os.path.abspath(torch.__file__)),
+)
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first frame outside this package and torch (the
+    user's ``step()`` call), so the warning points there and filters by module work."""
+    frame, level = sys._getframe(1), 1  # the caller of this function is level 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _capturing() -> bool:

@@ -2,6 +2,7 @@
 parameters without gradients."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -481,3 +482,20 @@ def test_empty_parameter_group_is_accepted(cls):
     opt.step(loss=1.0)
     assert not torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
     assert opt.param_groups[1]["params"] == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_skip_warnings_are_few_and_point_at_the_caller(path):
+    # One warning per power of two of the count (1, 2, 4, 8): a diverged run that
+    # skips thousands of steps does not flood the log; each names this file.
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = make_opt(AdamL, [p], path)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            p.grad = torch.ones(3)
+            opt.step(loss=torch.tensor(math.nan))
+    skips = [w for w in rec if issubclass(w.category, RuntimeWarning) and "skipped" in str(w.message)]
+    assert [int(str(w.message).split(": ")[1].split(" ")[0]) for w in skips] == [1, 2, 4, 8]
+    assert all(w.filename == __file__ for w in skips), [w.filename for w in skips]
+    assert opt.skipped_steps == 10
