@@ -33,10 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -45,6 +42,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from _workers import run_workers
 
 WORLD_SIZE = 2
 STEPS = 10
@@ -255,63 +254,8 @@ pytestmark = [
 ]
 
 
-def _launch(tmp: Path) -> list[dict]:
-    import lossopt_cuda
-
-    env = dict(os.environ)
-    # The workers must import the same lossopt_cuda as this process.
-    pkg_parent = str(Path(lossopt_cuda.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env["OMP_NUM_THREADS"] = "1"
-    if "GLOO_SOCKET_IFNAME" not in env and Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # do not depend on the hostname resolving
-    init_file = tmp / "rendezvous"  # must not exist yet
-    procs, logs = [], []
-    for rank in range(WORLD_SIZE):
-        log = open(tmp / f"rank{rank}.log", "w+b")
-        logs.append(log)
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            str(rank),
-            str(WORLD_SIZE),
-            str(init_file),
-            str(tmp / f"rank{rank}.pt"),
-        ]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-
-    failure = None
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                failure = "a rank failed"  # do not wait for the other's timeout
-                break
-            if time.monotonic() > deadline:
-                failure = f"timed out after {PROCESS_TIMEOUT_S:.0f} s"
-                break
-            time.sleep(0.05)
-        if failure is None and any(p.returncode != 0 for p in procs):
-            failure = "a rank failed"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    output = []
-    for rank, log in enumerate(logs):
-        log.seek(0)
-        text = log.read().decode(errors="replace")
-        log.close()
-        output.append(f"--- rank {rank} (exit code {procs[rank].returncode}) ---\n{text[-5000:]}")
-    if failure is not None:
-        pytest.fail(f"DDP workers: {failure}\n" + "\n".join(output), pytrace=False)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+def _launch(tmp: Path) -> list:
+    return run_workers(__file__, tmp, WORLD_SIZE, PROCESS_TIMEOUT_S, "DDP")
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -48,6 +46,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from _workers import run_workers
 
 WORLD_SIZE = 2
 STEPS = 5
@@ -259,52 +259,7 @@ pytestmark = [
 
 
 def _launch(tmp: Path) -> list:
-    import lossopt_cuda
-
-    env = dict(os.environ)
-    pkg_parent = str(Path(lossopt_cuda.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env["OMP_NUM_THREADS"] = "1"
-    if "GLOO_SOCKET_IFNAME" not in env and Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    init_file = tmp / "rendezvous"
-    procs, logs = [], []
-    for rank in range(WORLD_SIZE):
-        log = open(tmp / f"rank{rank}.log", "w+b")
-        logs.append(log)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(rank),
-               str(WORLD_SIZE), str(init_file), str(tmp / f"rank{rank}.pt")]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-
-    failure = None
-    deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                failure = "a rank failed"
-                break
-            if time.monotonic() > deadline:
-                failure = f"timed out after {PROCESS_TIMEOUT_S:.0f} s"
-                break
-            time.sleep(0.05)
-        if failure is None and any(p.returncode != 0 for p in procs):
-            failure = "a rank failed"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    output = []
-    for rank, log in enumerate(logs):
-        log.seek(0)
-        text = log.read().decode(errors="replace")
-        log.close()
-        output.append(f"--- rank {rank} (exit code {procs[rank].returncode}) ---\n{text[-5000:]}")
-    if failure is not None:
-        pytest.fail(f"FSDP2/TP workers: {failure}\n" + "\n".join(output), pytrace=False)
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_workers(__file__, tmp, WORLD_SIZE, PROCESS_TIMEOUT_S, "FSDP2/TP")
 
 
 @pytest.fixture(scope="module")
@@ -312,33 +267,8 @@ def results(tmp_path_factory):
     return _launch(tmp_path_factory.mktemp("fsdp"))
 
 
-FIX = (
-    "Fix (patched in by monkeypatching, it makes every case here pass): in "
-    "LossDrivenOptimizer._step_group (lossopt_cuda/_base.py), hand the update the local "
-    "shard of every DTensor among the parameters, gradients and state, "
-    "`t.to_local() if isinstance(t, DTensor) else t`, instead of the DTensors. The update "
-    "is elementwise and its loss-derived scalars are equal on every rank, so the shards "
-    "are all it needs; FSDP2 and TP give a gradient and the state (zeros_like) the "
-    "placements of their parameter (worth checking in _collect_work, raising otherwise)."
-)
-
-
 def _diagnosis(name, parallel, path, r) -> str:
-    msg = f"{name} with {parallel} on the {path!r} path raised {r['error']}\n  at {r['where']}\n"
-    if "mixed torch.Tensor and DTensor" in r["error"] and "lossopt." in r["error"]:
-        msg += (
-            "Diagnosis: the fused path (taken by fused=None whenever the compiled kernels "
-            "exist, and by fused=True) hands DTensor parameters, gradients and state to "
-            "torch.ops.lossopt.*_, which have no DTensor sharding rule.\n"
-        )
-    elif "_reference.py" in r["where"]:
-        msg += (
-            "Diagnosis: one (device, dtype) bucket mixes DTensor parameters with a plain-tensor "
-            "parameter (TP leaves `scale` an ordinary tensor). The torch._foreach_* ops turn "
-            "the plain one's one-element results into replicated DTensors, and _commit then "
-            "copies a DTensor into its plain state tensor.\n"
-        )
-    return msg + FIX
+    return f"{name} with {parallel} on the {path!r} path raised {r['error']}\n  at {r['where']}\n"
 
 
 @pytest.mark.parametrize("name, parallel, path", cases(), ids=lambda v: str(v))
