@@ -75,6 +75,25 @@ def extensions():
     # at::parallel_for is inline code around `#pragma omp parallel` (torch's
     # ATen/ParallelOpenMP.h): without -fopenmp it silently runs on one thread.
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
+
+    want_cuda = mode in ("auto", "cuda") and torch.version.cuda is not None
+    cuda_home = find_cuda_home() if want_cuda else None
+    if want_cuda and cuda_home is None:
+        log("torch is a CUDA build but no CUDA toolkit (nvcc) was found: CPU kernels only")
+    if cuda_home is not None:
+        major = nvcc_major(cuda_home)
+        torch_major = int(torch.version.cuda.split(".")[0])
+        if major != torch_major:
+            log(f"nvcc in {cuda_home} is CUDA {major}, torch was built with CUDA "
+                f"{torch.version.cuda}: CPU kernels only")
+            cuda_home = None
+    if mode == "cuda" and cuda_home is None:
+        raise RuntimeError("LOSSOPT_BUILD=cuda but the CUDA kernels cannot be built (see above)")
+    if cuda_home is not None:
+        # Before torch.utils.cpp_extension is imported: it reads CUDA_HOME once,
+        # at import, and would otherwise guess it from the nvcc wrapper's folder.
+        os.environ["CUDA_HOME"] = cuda_home
+
     from torch.utils.cpp_extension import CppExtension
 
     cpu_exts = [
@@ -90,25 +109,10 @@ def extensions():
     ]
     isas = "/".join(isa for isa, _ in cpu_isas())
 
-    want_cuda = mode in ("auto", "cuda") and torch.version.cuda is not None
-    cuda_home = find_cuda_home() if want_cuda else None
-    if want_cuda and cuda_home is None:
-        log("torch is a CUDA build but no CUDA toolkit (nvcc) was found: CPU kernels only")
-    if cuda_home is not None:
-        major = nvcc_major(cuda_home)
-        torch_major = int(torch.version.cuda.split(".")[0])
-        if major != torch_major:
-            log(f"nvcc in {cuda_home} is CUDA {major}, torch was built with CUDA "
-                f"{torch.version.cuda}: CPU kernels only")
-            cuda_home = None
-    if mode == "cuda" and cuda_home is None:
-        raise RuntimeError("LOSSOPT_BUILD=cuda but the CUDA kernels cannot be built (see above)")
-
     if cuda_home is None:
         ext = CppExtension("lossopt_cuda._C", ["csrc/ops.cpp"], extra_compile_args={"cxx": cxx_flags})
         return [ext] + cpu_exts, f"CPU kernels ({isas}; torch {torch.__version__})"
 
-    os.environ["CUDA_HOME"] = cuda_home
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     from torch.utils.cpp_extension import CUDAExtension
 
