@@ -25,21 +25,16 @@ from torch.optim import Optimizer
 
 from ._build import fused_supported, require_kernels
 from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, scalar_dtype, will_average
-from ._reference import unscale_grads
+from ._reference import compute_dtype, unscale_grads, write_
+from ._skips import SkipCounter
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
 except ImportError:  # torch built without distributed support
     _DTensor = None
-from ._skips import SkipCounter
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 UpdateFn = Callable[..., None]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Per-element math (and state) precision: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_range(
@@ -71,14 +66,9 @@ def check_betas(betas: Any) -> None:
 
 
 def assign_scalar(dst: Tensor, value: Tensor) -> Tensor:
-    """``dst <- value`` for a 0-d state tensor, in place; returns ``value``.
-
-    Written through a one-element view, and later reads should use the returned
-    value: torch.compile (seen with torch 2.13) silently drops an in-place update
-    of a 0-d float64 tensor that is a graph input, which would freeze AdaLoss's
-    ``b_sq`` and AdamL's ``loss0`` under compile.
-    """
-    dst.view(1).copy_(value.reshape(1))
+    """``dst <- value`` for a 0-d state tensor, in place (see ``_reference.write_``);
+    returns ``value``, which later reads should use rather than ``dst``."""
+    write_(dst, value)
     return value
 
 
@@ -324,7 +314,7 @@ class LossDrivenOptimizer(Optimizer):
                 if update is type(self)._fused:  # unscaled inside the kernel
                     kwargs["inv_grad_scale"] = inv
                 else:
-                    grads = unscale_grads(grads, inv, states)
+                    grads = unscale_grads(grads, inv)
             # DTensor parameters (FSDP2, tensor parallelism): every update is
             # elementwise given the group's scalars, so each rank steps its own shard.
             update(

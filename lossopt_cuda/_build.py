@@ -82,8 +82,7 @@ _INFO = _read_build_info()
 
 def fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a compiled kernel can step parameters of this device and dtype."""
-    info = _INFO
-    built = {"cpu": info["cpu_kernels"], "cuda": info["cuda"]}.get(device.type, False)
+    built = {"cpu": _INFO["cpu_kernels"], "cuda": _INFO["cuda"]}.get(device.type, False)
     return built and dtype in FUSED_DTYPES.get(device.type, ())
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _reference
 from ._build import _C
-from ._reference import unscale_grads
+from ._reference import compute_dtype, unscale_grads
 
 Scalar = _reference.Scalar
 
@@ -52,7 +52,7 @@ def _scalar_tensor(
     valid: Tensor, inv_grad_scale: Optional[Tensor], values: Sequence[Scalar], param: Tensor
 ) -> Tensor:
     """[valid, inv_grad_scale, *values] as one vector on ``param``'s device in its math dtype."""
-    dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(param.dtype)
     parts = [valid.to(device=param.device, dtype=dtype)]
     for v in [1.0 if inv_grad_scale is None else inv_grad_scale, *values]:
         if isinstance(v, Tensor):
@@ -82,7 +82,7 @@ def _launch(
         rest = [i for i, ok in enumerate(dense) if not ok]
         fallback(
             [params[i] for i in rest],
-            unscale_grads([grads[i] for i in rest], inv_grad_scale, states),
+            unscale_grads([grads[i] for i in rest], inv_grad_scale),
             valid=valid,
             **{k: [v[i] for i in rest] for k, v in states.items()},
             **rule_kwargs,

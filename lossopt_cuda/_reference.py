@@ -22,7 +22,7 @@ needed since a bad loss usually comes with NaN gradients and ``0 * NaN`` is NaN.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -38,28 +38,37 @@ def _widen_all(ts: Sequence[Tensor], dtype: torch.dtype) -> List[Tensor]:
     return [_widen(t, dtype) for t in ts]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-element math (and state) precision of a parameter dtype: float64 for
+    float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def write_(dst: Tensor, value: Tensor) -> None:
+    """``dst.copy_(value)``; a 0-d ``dst`` is written through a one-element view,
+    because torch.compile (seen with torch 2.13) silently drops an in-place
+    update of a 0-d float64 graph input (AdaLoss's ``b_sq``, AdamL's ``loss0``,
+    0-d float64 parameters)."""
+    if dst.dim() == 0:
+        dst, value = dst.view(1), value.reshape(1)
+    dst.copy_(value)
+
+
 def _commit(dst: Tensor, new: Tensor, valid: Tensor) -> None:
     """``dst = new`` where the loss was valid, else unchanged (no host branch)."""
-    merged = torch.where(valid, new, dst)
-    if dst.dim() == 0:  # through a view: see _base.assign_scalar (torch.compile)
-        dst, merged = dst.view(1), merged.reshape(1)
-    dst.copy_(merged)
+    write_(dst, torch.where(valid, new, dst))
 
 
-def unscale_grads(
-    grads: List[Tensor], inv_grad_scale: Optional[Tensor], states: Dict[str, List[Tensor]]
-) -> List[Tensor]:
+def unscale_grads(grads: List[Tensor], inv_grad_scale: Optional[Tensor]) -> List[Tensor]:
     """Gradients divided by torch.amp.GradScaler's scale (``grads`` itself without one).
 
-    New tensors in the math dtype (that of the state, else float32/float64): the
-    user's ``.grad`` stays as the scaler left it, and a low-precision gradient is
-    widened before it is scaled. A power-of-two scale makes this exact.
+    New tensors in the math dtype: the user's ``.grad`` stays as the scaler left
+    it, and a low-precision gradient is widened before it is scaled. A
+    power-of-two scale makes this exact.
     """
     if inv_grad_scale is None or not grads:
         return grads
-    first_state = next((s for s in states.values() if s), None)
-    dtype = first_state[0].dtype if first_state else (
-        torch.float64 if grads[0].dtype == torch.float64 else torch.float32)
+    dtype = compute_dtype(grads[0].dtype)
     return torch._foreach_mul(_widen_all(grads, dtype), [inv_grad_scale.to(dtype)] * len(grads))
 
 

@@ -61,7 +61,7 @@ class SkipCounter:
         counter = self._devices.get(invalid.device)
         if counter is None:
             counter = self._devices[invalid.device] = _DeviceCount(invalid.device)
-        counter.count.view(1).add_(invalid.view(1))  # a view: see _base.assign_scalar
+        counter.count.view(1).add_(invalid.view(1))  # a view: see _reference.write_
 
     def record_host(self) -> None:
         """Count a skip already known on the host (a Python-number loss)."""
