@@ -110,7 +110,8 @@ def extensions():
     isas = "/".join(isa for isa, _ in cpu_isas())
 
     if cuda_home is None:
-        ext = CppExtension("lossopt_cuda._C", ["csrc/ops.cpp"], extra_compile_args={"cxx": cxx_flags})
+        ext = CppExtension("lossopt_cuda._C", ["csrc/ops.cpp", "csrc/cpu/advance.cpp"],
+                           extra_compile_args={"cxx": cxx_flags})
         return [ext] + cpu_exts, f"CPU kernels ({isas}; torch {torch.__version__})"
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
@@ -119,7 +120,8 @@ def extensions():
     arch_names = sorted({a.replace("+PTX", "").strip() for a in archs.replace(" ", ";").split(";") if a.strip()})
     ext = CUDAExtension(
         "lossopt_cuda._C",
-        ["csrc/ops.cpp", "csrc/cuda/ops_cuda.cpp", "csrc/cuda/kernels.cu"],
+        ["csrc/ops.cpp", "csrc/cpu/advance.cpp", "csrc/cuda/ops_cuda.cpp",
+         "csrc/cuda/kernels.cu", "csrc/cuda/advance.cu"],
         define_macros=[("LOSSOPT_WITH_CUDA", None), ("LOSSOPT_CUDA_ARCHS", f'"{",".join(arch_names)}"')],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
     )

@@ -9,10 +9,16 @@
 
 namespace lossopt {
 
+// Element i of `t` and of `like` sit at the same flat offset. Strides of size-1
+// dimensions do not matter, hence the contiguity shortcut.
+inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
+  return (t.is_contiguous() && like.is_contiguous()) || t.strides() == like.strides();
+}
+
 // params, grads and each state list: same length; per index, tensors on the
 // scalars' device, dense and laid out like the parameter (so the kernels can
 // walk them as flat memory); grads in the parameter's dtype; states in the
-// math dtype (float32, or float64 for float64 parameters).
+// math dtype (float32, or float64 for float64 parameters); scalars float64.
 inline void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                         std::initializer_list<at::TensorList> states, const at::Tensor& scalars,
                         int64_t n_scalars) {
@@ -24,11 +30,11 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
   }
   TORCH_CHECK(scalars.dim() == 1 && scalars.numel() == n_scalars && scalars.is_contiguous(), op,
               ": scalars must be a contiguous vector of ", n_scalars, " elements");
+  TORCH_CHECK(scalars.scalar_type() == at::kDouble, op, ": scalars must be float64, got ",
+              scalars.scalar_type());
   if (params.empty()) return;
   const auto dtype = params[0].scalar_type();
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(scalars.scalar_type() == math, op, ": scalars must be ", math, " for ", dtype,
-              " parameters");
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.device() == scalars.device(), op, ": all tensors of one call must be on ",
@@ -39,12 +45,12 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
                 " is not dense (use the foreach path for such tensors)");
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.device() == p.device() && g.scalar_type() == dtype && g.sizes() == p.sizes() &&
-                    g.strides() == p.strides(),
+                    same_layout(g, p),
                 op, ": gradient ", i, " must match its parameter in device, dtype, shape and strides");
     for (const auto& list : states) {
       const at::Tensor& s = list[i];
       TORCH_CHECK(s.device() == p.device() && s.scalar_type() == math && s.sizes() == p.sizes() &&
-                      s.strides() == p.strides(),
+                      same_layout(s, p),
                   op, ": state of parameter ", i, " must be ", math,
                   " on its device with its shape and strides");
     }

@@ -1,7 +1,9 @@
-// Operator schemas (one op per rule, in place) and the Python module shell.
-// The CPU implementations register in cpu/kernels.cpp (a module of their own per
-// instruction set), the CUDA ones in cuda/ops_cuda.cpp (built into this module); the fake (meta) implementations for torch.compile are
-// registered from Python (lossopt_cuda/_fused.py).
+// Operator schemas (two ops per rule) and the Python module shell.
+// The CPU implementations of the update ops register in cpu/kernels.cpp (a
+// module of their own per instruction set), those of the advance ops in
+// cpu/advance.cpp, the CUDA ones in cuda/ops_cuda.cpp (both built into this
+// module); the fake (meta) implementations for torch.compile are registered
+// from Python (lossopt_cuda/_fused.py).
 
 #include <Python.h>
 #include <torch/library.h>
@@ -35,8 +37,20 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(lossopt, m) {
-  // scalars: the rule's loss-derived scalars on the parameters' device
-  // (csrc/rules/<rule>.h lists them); element 0 is 0 when the loss was bad.
+  // <rule>_advance: one step of the group's scalar state from the loss (and
+  // torch.amp.GradScaler's found_inf and scale, a tensor lr, the skip count),
+  // all on one device; returns the float64 scalar vector the update reads
+  // (csrc/advance.h; csrc/rules/<rule>.h lists the state and hyper-parameters).
+  for (const char* rule : {"adalo", "adaml", "adaloss"}) {
+    const std::string schema =
+        std::string(rule) +
+        "_advance(Tensor loss, Tensor(a!)[] state, Tensor? found_inf, Tensor? grad_scale, "
+        "Tensor? lr_tensor, Tensor(b!)? skips, float[] hyper, float lr) -> Tensor";
+    m.def(schema.c_str());  // parsed here: the string need not outlive the call
+  }
+  // <rule>_: the update of every parameter, in place. scalars: the vector
+  // from <rule>_advance on the parameters' device; element 0 is 0 when the
+  // step is skipped.
   m.def(
       "adalo_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor scalars, "
       "float beta1, float weight_decay) -> ()");

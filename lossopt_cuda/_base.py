@@ -23,8 +23,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _fused
 from ._build import fused_supported, require_kernels
-from ._loss import LossLike, average_across_ranks, loss_to_device, move, obtain_loss, scalar_dtype, will_average
+from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss,
+                    scalar_dtype, will_average)
 from ._reference import compute_dtype, unscale_grads, write_
 from ._skips import SkipCounter
 
@@ -140,7 +142,25 @@ class LossDrivenOptimizer(Optimizer):
         self, group: Dict[str, Any], state: Dict[str, Tensor], loss: Tensor, valid: Tensor
     ) -> Dict[str, Any]:
         """Update the group's scalars (only where ``valid``) and return the
-        keyword arguments of the per-element update."""
+        loss-derived keyword arguments of the per-element update, named as in
+        ``_scalar_names``. The fused path does the same in ``_advance_op``."""
+        raise NotImplementedError
+
+    #: The names of the loss-derived arguments of the update, in the order of
+    #: the rule's compiled scalar vector (see _fused).
+    _scalar_names: Tuple[str, ...] = ()
+
+    def _advance_op(self) -> Callable[..., Tensor]:
+        """The compiled ``<rule>_advance`` op: ``_advance`` on the device."""
+        raise NotImplementedError
+
+    def _hyper(self, group: Dict[str, Any]) -> List[float]:
+        """The group's hyper-parameters as ``_advance_op`` takes them (the
+        order of the rule's ``Hyper`` enum in csrc/rules/)."""
+        raise NotImplementedError
+
+    def _update_args(self, group: Dict[str, Any]) -> Dict[str, float]:
+        """The update's keyword arguments that are plain hyper-parameters."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ public API
@@ -182,17 +202,25 @@ class LossDrivenOptimizer(Optimizer):
         loss_t = loss_to_device(given, home)
         if averaging:
             loss_t = average_across_ranks(loss_t, self.process_group)
-        valid = self._loss_is_valid(loss_t)
-        self._skips.record(~valid)  # overflowed gradients are the scaler's to count
         # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
-        grad_scale: Optional[Tensor] = getattr(self, "grad_scale", None)
-        found_inf: Optional[Tensor] = getattr(self, "found_inf", None)
-        if found_inf is not None:
-            valid = valid & (_place(found_inf, home) == 0)
-        inv_grad_scale = None if grad_scale is None else 1 / _place(grad_scale, home).to(scalar_dtype(home))
+        amp = _AmpFlags(getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
 
+        counted = False  # each step's bad loss is counted once, by the first group
+        host_scalars: Optional[Tuple[Tensor, Optional[Tensor]]] = None
         for group, buckets in work:
-            self._step_group(group, buckets, loss_t, valid, inv_grad_scale)
+            gdevice = group["params"][0].device
+            if self._advances_on_device(gdevice, buckets):
+                skips = None if counted else self._skips.counter(gdevice)
+                vector = self._advance_on_device(group, _place(loss_t, gdevice), amp, skips)
+                self._step_group_fused(group, buckets, vector)
+            else:
+                if host_scalars is None:
+                    valid = self._loss_is_valid(loss_t)
+                    if not counted:  # overflowed gradients are the scaler's to count
+                        self._skips.record(~valid)
+                    host_scalars = amp.apply(valid, home)
+                self._step_group(group, buckets, loss_t, *host_scalars)
+            counted = True
         self._skips.poll()
         return given
 
@@ -236,6 +264,23 @@ class LossDrivenOptimizer(Optimizer):
                 k: (_place(v.detach().clone(), param.device) if isinstance(v, Tensor) else copy.deepcopy(v))
                 for k, v in pstate.items()
             }
+        for group in self.param_groups:
+            self._cast_group_state(group)
+
+    def _cast_group_state(self, group: Dict[str, Any]) -> None:
+        """Loaded group scalars take the dtypes this optimizer creates them in
+        on their device (a checkpoint from MPS has float32 ``b_sq``; the
+        compiled advance ops take float64)."""
+        if not group["params"] or group["params"][0] not in self.state:
+            return
+        first = group["params"][0]
+        state = self.state[first]
+        if not all(k in state for k in self._group_state_keys):
+            return
+        fresh = self._init_group_state(group, first.device)
+        for k in self._group_state_keys:
+            if state[k].dtype != fresh[k].dtype:
+                state[k] = state[k].to(fresh[k].dtype)
 
     # ------------------------------------------------------------------ internals
 
@@ -274,8 +319,10 @@ class LossDrivenOptimizer(Optimizer):
                 return group["params"][0].device
         return None
 
-    def _choose_impl(self, device: torch.device, dtype: torch.dtype) -> UpdateFn:
-        if self.fused is not False and fused_supported(device, dtype):
+    def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
+        """The update function for a bucket; ``kernels=False`` when the group's
+        scalars are not on the device (see ``_advances_on_device``)."""
+        if kernels and self.fused is not False and fused_supported(device, dtype):
             return type(self)._fused
         if self.fused:
             raise RuntimeError(
@@ -291,6 +338,56 @@ class LossDrivenOptimizer(Optimizer):
             state.update(self._init_group_state(group, first.device))
         return state
 
+    def _advances_on_device(
+        self, device: torch.device, buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]]
+    ) -> bool:
+        """Whether the group's scalars are advanced by the compiled op: when
+        some bucket takes the fused path and the op runs on the group's device."""
+        if self.fused is False or not _fused.advance_supported(device):
+            return False
+        return any(self._choose_impl(*key) is type(self)._fused for key in buckets)
+
+    def _advance_on_device(
+        self, group: Dict[str, Any], loss: Tensor, amp: "_AmpFlags", skips: Optional[Tensor]
+    ) -> Tensor:
+        """One ``<rule>_advance`` call: the group's scalar vector (see _fused)."""
+        gstate = self._group_state(group)
+        device = loss.device
+        return _fused.advance(
+            self._advance_op(),
+            loss,
+            [gstate[k] for k in self._group_state_keys],
+            found_inf=amp.on(device, "found_inf"),
+            grad_scale=amp.on(device, "grad_scale"),
+            lr=_place(group["lr"], device) if isinstance(group["lr"], Tensor) else group["lr"],
+            skips=skips,
+            hyper=self._hyper(group),
+        )
+
+    def _step_group_fused(
+        self,
+        group: Dict[str, Any],
+        buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]],
+        vector: Tensor,
+    ) -> None:
+        """Step every bucket of a group whose scalars are in ``vector``."""
+        keys = self._param_state_keys(group)
+        args = self._update_args(group)
+        for (device, dtype), params in buckets.items():
+            cdtype = compute_dtype(dtype)
+            states = {key: [_local(self._param_state(p, key, cdtype)) for p in params] for key in keys}
+            update = self._choose_impl(device, dtype)
+            local_vector = _place(vector, device)
+            params_local = [_local(p) for p in params]
+            grads = [_local(p.grad) for p in params]
+            if update is type(self)._fused:
+                update(params_local, grads, scalars=local_vector, **states, **args)
+                continue
+            # A bucket without kernels (say float64 on CUDA) in a fused group.
+            kwargs = _fused.scalar_kwargs(local_vector, self._scalar_names, cdtype)
+            grads = unscale_grads(grads, kwargs.pop("inv_grad_scale"))
+            update(params_local, grads, **states, **kwargs, **args)
+
     def _step_group(
         self,
         group: Dict[str, Any],
@@ -299,22 +396,21 @@ class LossDrivenOptimizer(Optimizer):
         valid: Tensor,
         inv_grad_scale: Optional[Tensor] = None,
     ) -> None:
+        """Step a group on the host-driven path: scalars from ``_advance``
+        (torch ops), the update from the for-loop or foreach functions."""
         gstate = self._group_state(group)
         gdevice = group["params"][0].device
         scalars = self._advance(group, gstate, _place(loss, gdevice), _place(valid, gdevice))
+        scalars.update(self._update_args(group))
         keys = self._param_state_keys(group)
         for (device, dtype), params in buckets.items():
             cdtype = compute_dtype(dtype)
             states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
             kwargs = {k: _to_bucket(v, device, cdtype) for k, v in scalars.items()}
-            update = self._choose_impl(device, dtype)
+            update = self._choose_impl(device, dtype, kernels=False)
             grads = [p.grad for p in params]
             if inv_grad_scale is not None:
-                inv = _to_bucket(inv_grad_scale, device, cdtype)
-                if update is type(self)._fused:  # unscaled inside the kernel
-                    kwargs["inv_grad_scale"] = inv
-                else:
-                    grads = unscale_grads(grads, inv)
+                grads = unscale_grads(grads, _to_bucket(inv_grad_scale, device, cdtype))
             # DTensor parameters (FSDP2, tensor parallelism): every update is
             # elementwise given the group's scalars, so each rank steps its own shard.
             update(
@@ -330,6 +426,28 @@ class LossDrivenOptimizer(Optimizer):
         if key not in state:
             state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         return state[key]
+
+
+class _AmpFlags:
+    """torch.amp.GradScaler's ``grad_scale`` and ``found_inf`` for one step
+    (both None without a scaler)."""
+
+    def __init__(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+        self.grad_scale = grad_scale
+        self.found_inf = found_inf
+
+    def on(self, device: torch.device, name: str) -> Optional[Tensor]:
+        """One of the flags on ``device`` as float32, as the compiled ops take it."""
+        t: Optional[Tensor] = getattr(self, name)
+        return None if t is None else _place(t, device).float()
+
+    def apply(self, valid: Tensor, home: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
+        """For the host-driven path: ``valid`` and no overflow; ``1 / scale`` or None."""
+        if self.found_inf is not None:
+            valid = valid & (_place(self.found_inf, home) == 0)
+        if self.grad_scale is None:
+            return valid, None
+        return valid, 1 / _place(self.grad_scale, home).to(scalar_dtype(home))
 
 
 def _local(t: Tensor) -> Tensor:

@@ -1,16 +1,22 @@
-"""The fused path: each rule's compiled op (csrc/), called with the same
-arguments as its reference functions in :mod:`lossopt_cuda._reference`.
+"""The fused path: two compiled ops per rule (csrc/), with the same meaning as
+the optimizer's ``_advance`` and its reference functions in
+:mod:`lossopt_cuda._reference`.
 
-The loss-derived scalars are stacked into one small tensor on the device (one
-tiny launch); the kernel reads it, so nothing waits for the GPU and a step can
-be captured in a CUDA graph. It starts with the step's validity (the kernels
-return at once when it is 0) and the inverse gradient scale of
-``torch.amp.GradScaler`` (1 without one), then the rule's scalars, in the
-order of csrc/rules/common.h and the rule's header.
+* ``<rule>_advance`` reads the loss on the device, decides whether the step is
+  taken, advances the group's scalar state and returns the **scalar vector**:
+  float64, ``[valid, inv_grad_scale, *<RULE>_SCALARS]`` (the order of
+  csrc/rules/common.h and the rule's header). ``valid`` is 0 for a bad loss or
+  overflowed gradients; ``inv_grad_scale`` is ``1 / torch.amp.GradScaler``'s
+  scale, 1 without one.
+* ``<rule>_`` updates every parameter of one (device, dtype) bucket in one
+  pass, reading the vector from device memory.
+
+Nothing is read back to the host, so a step can be captured in a CUDA graph,
+and the whole scalar step is one call rather than a dozen tiny torch ops.
 
 The kernels walk each tensor as flat memory, so a parameter whose gradient or
 state is laid out differently (or is not dense) takes the foreach path within
-the same step.
+the same step, with the same scalars.
 """
 
 from __future__ import annotations
@@ -21,10 +27,31 @@ import torch
 from torch import Tensor
 
 from . import _reference
-from ._build import _C
-from ._reference import compute_dtype, unscale_grads
+from ._build import _C, _INFO
+from ._reference import unscale_grads
 
-Scalar = _reference.Scalar
+#: The rule's entries of the scalar vector, after ``valid`` and ``inv_grad_scale``,
+#: named as the reference functions' keyword arguments.
+ADALO_SCALARS = ("lr_t",)
+ADAML_SCALARS = ("lr", "grad_sq_scale", "eps_l", "bias_correction1", "bias_correction2")
+ADALOSS_SCALARS = ("lr", "b")
+_VALID, _INV_GRAD_SCALE, _RULE = 0, 1, 2
+
+
+def advance_supported(device: torch.device) -> bool:
+    """Whether the ``<rule>_advance`` ops run on this device."""
+    return _C is not None and (device.type == "cpu" or (device.type == "cuda" and _INFO["cuda"]))
+
+
+def scalar_kwargs(vector: Tensor, names: Sequence[str], dtype: torch.dtype) -> Dict[str, Tensor]:
+    """The scalar vector as the reference functions' keyword arguments
+    (``valid``, ``inv_grad_scale`` and the rule's scalars in ``dtype``)."""
+    values = vector.to(dtype).unbind()
+    return {
+        "valid": vector[_VALID] != 0,
+        "inv_grad_scale": values[_INV_GRAD_SCALE],
+        **dict(zip(names, values[_RULE:])),
+    }
 
 
 def _dense(t: Tensor) -> bool:
@@ -40,113 +67,119 @@ def _dense(t: Tensor) -> bool:
 
 
 def _walkable(p: Tensor, g: Tensor, states: Sequence[Tensor]) -> bool:
-    return (
-        _dense(p)
-        and g.dtype == p.dtype
-        and g.stride() == p.stride()
-        and all(s.stride() == p.stride() for s in states)
-    )
-
-
-def _scalar_tensor(
-    valid: Tensor, inv_grad_scale: Optional[Tensor], values: Sequence[Scalar], param: Tensor
-) -> Tensor:
-    """[valid, inv_grad_scale, *values] as one vector on ``param``'s device in its math dtype."""
-    dtype = compute_dtype(param.dtype)
-    parts = [valid.to(device=param.device, dtype=dtype)]
-    for v in [1.0 if inv_grad_scale is None else inv_grad_scale, *values]:
-        if isinstance(v, Tensor):
-            parts.append(v.to(device=param.device, dtype=dtype).reshape(()))
-        else:  # a fill is a kernel argument: no host-to-device copy
-            parts.append(torch.full((), float(v), device=param.device, dtype=dtype))
-    return torch.stack(parts)
+    """What csrc/checks.h asks of a parameter: walkable as flat memory, with
+    its gradient and states laid out alike."""
+    if g.dtype != p.dtype:
+        return False
+    if p.is_contiguous():  # the common case, checked first because it is cheap
+        return g.is_contiguous() and all(s.is_contiguous() for s in states)
+    return _dense(p) and g.stride() == p.stride() and all(s.stride() == p.stride() for s in states)
 
 
 def _launch(
     op: Callable[..., None],
     fallback: Callable[..., None],
+    names: Sequence[str],
     params: List[Tensor],
     grads: List[Tensor],
     states: Dict[str, List[Tensor]],
-    valid: Tensor,
-    scalars: Sequence[Scalar],
-    args: Sequence[float],
-    rule_kwargs: Dict[str, Any],
-    inv_grad_scale: Optional[Tensor],
+    scalars: Tensor,
+    args: Dict[str, float],
 ) -> None:
     dense = [
         _walkable(p, g, [s[i] for s in states.values()])
         for i, (p, g) in enumerate(zip(params, grads))
     ]
-    if not all(dense):
-        rest = [i for i, ok in enumerate(dense) if not ok]
-        fallback(
-            [params[i] for i in rest],
-            unscale_grads([grads[i] for i in rest], inv_grad_scale),
-            valid=valid,
-            **{k: [v[i] for i in rest] for k, v in states.items()},
-            **rule_kwargs,
-        )
-    keep = [i for i, ok in enumerate(dense) if ok]
-    if not keep:
+    if all(dense):
+        op(params, grads, *states.values(), scalars, *args.values())
         return
-    op(
-        [params[i] for i in keep],
-        [grads[i] for i in keep],
-        *[[v[i] for i in keep] for v in states.values()],
-        _scalar_tensor(valid, inv_grad_scale, scalars, params[keep[0]]),
-        *args,
+    rest = [i for i, ok in enumerate(dense) if not ok]
+    kwargs = scalar_kwargs(scalars, names, _reference.compute_dtype(params[rest[0]].dtype))
+    inv_grad_scale = kwargs.pop("inv_grad_scale")
+    fallback(
+        [params[i] for i in rest],
+        unscale_grads([grads[i] for i in rest], inv_grad_scale),
+        **{k: [v[i] for i in rest] for k, v in states.items()},
+        **kwargs,
+        **args,
     )
+    keep = [i for i, ok in enumerate(dense) if ok]
+    if keep:
+        op(
+            [params[i] for i in keep],
+            [grads[i] for i in keep],
+            *[[v[i] for i in keep] for v in states.values()],
+            scalars,
+            *args.values(),
+        )
 
 
 def adalo_fused(
-    params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor], valid: Tensor,
-    lr_t: Tensor, beta1: float, weight_decay: float, inv_grad_scale: Optional[Tensor] = None,
+    params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor], scalars: Tensor,
+    beta1: float, weight_decay: float,
 ) -> None:
     _launch(
-        torch.ops.lossopt.adalo_, _reference.adalo_foreach, params, grads,
-        {"exp_avg": exp_avg}, valid, [lr_t], [beta1, weight_decay],
-        dict(lr_t=lr_t, beta1=beta1, weight_decay=weight_decay), inv_grad_scale,
+        torch.ops.lossopt.adalo_, _reference.adalo_foreach, ADALO_SCALARS, params, grads,
+        {"exp_avg": exp_avg}, scalars, dict(beta1=beta1, weight_decay=weight_decay),
     )
 
 
 def adaml_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor],
-    exp_avg_sq: List[Tensor], valid: Tensor, lr: Scalar, beta1: float, beta2: float,
-    grad_sq_scale: Tensor, eps_l: Tensor, bias_correction1: Tensor,
-    bias_correction2: Tensor, weight_decay: float, inv_grad_scale: Optional[Tensor] = None,
+    exp_avg_sq: List[Tensor], scalars: Tensor, beta1: float, beta2: float, weight_decay: float,
 ) -> None:
     _launch(
-        torch.ops.lossopt.adaml_, _reference.adaml_foreach, params, grads,
-        {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, valid,
-        # the order of csrc/rules/adaml.h's AdamLScalar after the validity flag
-        [lr, grad_sq_scale, eps_l, bias_correction1, bias_correction2],
-        [beta1, beta2, weight_decay],
-        dict(lr=lr, beta1=beta1, beta2=beta2, grad_sq_scale=grad_sq_scale, eps_l=eps_l,
-             bias_correction1=bias_correction1, bias_correction2=bias_correction2,
-             weight_decay=weight_decay),
-        inv_grad_scale,
+        torch.ops.lossopt.adaml_, _reference.adaml_foreach, ADAML_SCALARS, params, grads,
+        {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, scalars,
+        dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay),
     )
 
 
 def adaloss_fused(
-    params: List[Tensor], grads: List[Tensor], *, valid: Tensor, lr: Scalar, b: Tensor,
-    momentum: float, weight_decay: float, momentum_buffer: Optional[List[Tensor]] = None,
-    inv_grad_scale: Optional[Tensor] = None,
+    params: List[Tensor], grads: List[Tensor], *, scalars: Tensor, momentum: float,
+    weight_decay: float, momentum_buffer: Optional[List[Tensor]] = None,
 ) -> None:
     states = {"momentum_buffer": momentum_buffer} if momentum_buffer is not None else {}
     # The op takes an empty buffer list for "no momentum"; the fallback takes None.
     op = torch.ops.lossopt.adaloss_
     launch_op = op if states else (lambda p, g, s, *a: op(p, g, [], s, *a))
     _launch(
-        launch_op, _reference.adaloss_foreach, params, grads, states, valid,
-        [lr, b], [momentum, weight_decay],
-        dict(lr=lr, b=b, momentum=momentum, weight_decay=weight_decay), inv_grad_scale,
+        launch_op, _reference.adaloss_foreach, ADALOSS_SCALARS, params, grads, states, scalars,
+        dict(momentum=momentum, weight_decay=weight_decay),
     )
 
 
+def advance(
+    op: Callable[..., Tensor], loss: Tensor, state: List[Tensor], *, found_inf: Optional[Tensor],
+    grad_scale: Optional[Tensor], lr: Any, skips: Optional[Tensor], hyper: List[float],
+) -> Tensor:
+    """Call ``op`` (a ``<rule>_advance``); every tensor is on the state's device."""
+    lr_tensor = None
+    if isinstance(lr, Tensor):
+        lr_tensor, lr = _float_or_double(lr), 0.0
+    if torch.compiler.is_compiling():
+        # torch.compile (seen with torch 2.13) drops in-place updates of 0-d
+        # float64 graph inputs; one-element views of them survive (see
+        # _reference.write_).
+        state = [s.view(1) if s.dim() == 0 else s for s in state]
+        skips = skips.view(1) if skips is not None and skips.dim() == 0 else skips
+    return op(loss, state, found_inf, grad_scale, lr_tensor, skips, hyper, float(lr))
+
+
+def _float_or_double(t: Tensor) -> Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.double()
+
+
 if _C is not None:
-    # Fake implementations: the ops only mutate their inputs, so tracing them
-    # (torch.compile, FakeTensor) needs nothing but "returns None".
+    # Fake implementations for tracing (torch.compile, FakeTensor): the update
+    # ops only mutate their inputs; the advance ops return the scalar vector.
     for _name in ("adalo_", "adaml_", "adaloss_"):
         torch.library.register_fake(f"lossopt::{_name}")(lambda *args, **kwargs: None)
+
+    def _fake_advance(n_scalars: int) -> Callable[..., Tensor]:
+        def fake(loss, state, found_inf, grad_scale, lr_tensor, skips, hyper, lr):
+            return state[0].new_empty((n_scalars,), dtype=torch.float64)
+        return fake
+
+    for _name, _names in (("adalo", ADALO_SCALARS), ("adaml", ADAML_SCALARS), ("adaloss", ADALOSS_SCALARS)):
+        torch.library.register_fake(f"lossopt::{_name}_advance")(_fake_advance(_RULE + len(_names)))

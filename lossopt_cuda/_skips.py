@@ -56,12 +56,18 @@ class SkipCounter:
         self._reported = 0
         self._next_warning = 1  # warn at 1, 2, 4, 8, ... skips: never a flood
 
+    def counter(self, device: torch.device) -> torch.Tensor:
+        """The device's count (a 0-d int64 tensor), for the compiled advance
+        ops to increment in place."""
+        counter = self._devices.get(device)
+        if counter is None:
+            counter = self._devices[device] = _DeviceCount(device)
+        return counter.count
+
     def record(self, invalid: torch.Tensor) -> None:
         """Add ``invalid`` (a 0-d bool tensor on the device) to the count."""
-        counter = self._devices.get(invalid.device)
-        if counter is None:
-            counter = self._devices[invalid.device] = _DeviceCount(invalid.device)
-        counter.count.view(1).add_(invalid.view(1))  # a view: see _reference.write_
+        # A view: see _reference.write_.
+        self.counter(invalid.device).view(1).add_(invalid.view(1))
 
     def record_host(self) -> None:
         """Count a skip already known on the host (a Python-number loss)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _fused, _reference
+from ._fused import ADALO_SCALARS
 from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_betas, check_lr, check_range
 
 MODES = ("adversarial", "compliant")
@@ -54,6 +55,7 @@ class AdaLo(LossDrivenOptimizer):
     _foreach = staticmethod(_reference.adalo_foreach)
     _fused = staticmethod(_fused.adalo_fused)
     _group_state_keys = ("loss_ema",)
+    _scalar_names = ADALO_SCALARS
 
     def __init__(
         self,
@@ -98,10 +100,20 @@ class AdaLo(LossDrivenOptimizer):
     def _advance(
         self, group: Dict[str, Any], state: Dict[str, Tensor], loss: Tensor, valid: Tensor
     ) -> Dict[str, Any]:
-        beta1, beta2 = group["betas"]
+        beta2 = group["betas"][1]
         ema = state["loss_ema"]
         sigma = 1 / (2 + loss)
         ema = assign_scalar(ema, torch.where(valid, ema + (1 - beta2) * (sigma - ema), ema))
         scale = ema if group["mode"] == "adversarial" else 1 - ema
-        lr_t = torch.clamp_min(scale / group["kappa"], group["eps"])
-        return dict(lr_t=lr_t, beta1=beta1, weight_decay=group["weight_decay"])
+        return dict(lr_t=torch.clamp_min(scale / group["kappa"], group["eps"]))
+
+    def _advance_op(self) -> Callable[..., Tensor]:
+        return torch.ops.lossopt.adalo_advance
+
+    def _hyper(self, group: Dict[str, Any]) -> List[float]:
+        # csrc/rules/adalo.h, AdaLoGroup::Hyper
+        compliant = 1.0 if group["mode"] == "compliant" else 0.0
+        return [group["betas"][1], group["kappa"], group["eps"], compliant]
+
+    def _update_args(self, group: Dict[str, Any]) -> Dict[str, float]:
+        return dict(beta1=group["betas"][0], weight_decay=group["weight_decay"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _fused, _reference
+from ._fused import ADALOSS_SCALARS
 from ._loss import scalar_dtype
 from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_lr, check_range
 
@@ -46,6 +47,7 @@ class AdaLoss(LossDrivenOptimizer):
     _foreach = staticmethod(_reference.adaloss_foreach)
     _fused = staticmethod(_fused.adaloss_fused)
     _group_state_keys = ("b_sq",)
+    _scalar_names = ADALOSS_SCALARS
 
     def __init__(
         self,
@@ -87,9 +89,14 @@ class AdaLoss(LossDrivenOptimizer):
     ) -> Dict[str, Any]:
         b_sq = state["b_sq"]
         b_sq = assign_scalar(b_sq, torch.where(valid, b_sq + group["alpha"] * (loss - group["c"]).abs(), b_sq))
-        return dict(
-            lr=group["lr"],
-            b=b_sq.sqrt(),
-            momentum=group["momentum"],
-            weight_decay=group["weight_decay"],
-        )
+        return dict(lr=group["lr"], b=b_sq.sqrt())
+
+    def _advance_op(self) -> Callable[..., Tensor]:
+        return torch.ops.lossopt.adaloss_advance
+
+    def _hyper(self, group: Dict[str, Any]) -> List[float]:
+        # csrc/rules/adaloss.h, AdaLossGroup::Hyper
+        return [group["alpha"], group["c"]]
+
+    def _update_args(self, group: Dict[str, Any]) -> Dict[str, float]:
+        return dict(momentum=group["momentum"], weight_decay=group["weight_decay"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _fused, _reference
+from ._fused import ADAML_SCALARS
 from ._loss import scalar_dtype
 from ._base import LossDrivenOptimizer, ParamsT, assign_scalar, check_betas, check_lr, check_range
 
@@ -55,6 +56,7 @@ class AdamL(LossDrivenOptimizer):
     _foreach = staticmethod(_reference.adaml_foreach)
     _fused = staticmethod(_fused.adaml_fused)
     _group_state_keys = ("step", "loss0")
+    _scalar_names = ADAML_SCALARS
 
     def __init__(
         self,
@@ -117,11 +119,21 @@ class AdamL(LossDrivenOptimizer):
         k = step.to(loss.dtype)
         return dict(
             lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
             grad_sq_scale=(1 - beta2) * s,
             eps_l=group["eps"] * l,
             bias_correction1=1 - beta1**k,
             bias_correction2=1 - beta2**k,
-            weight_decay=group["weight_decay"],
         )
+
+    def _advance_op(self) -> Callable[..., Tensor]:
+        return torch.ops.lossopt.adaml_advance
+
+    def _hyper(self, group: Dict[str, Any]) -> List[float]:
+        # csrc/rules/adaml.h, AdamLGroup::Hyper
+        beta1, beta2 = group["betas"]
+        return [beta1, beta2, group["eps"], group["gamma"], group["phi"], group["min_loss"],
+                1.0 if group["normalize_loss"] else 0.0]
+
+    def _update_args(self, group: Dict[str, Any]) -> Dict[str, float]:
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])

@@ -951,3 +951,38 @@ def test_grad_scaler_overflow_skips_on_device(cfg):
     reference = _scaler_run(cfg, F32, use_scaler=False, skip_step=2)
     for a, b in zip(reference.parameters(), poisoned.parameters()):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- the advance ops
+
+
+@pytest.mark.parametrize("cfg", CFG_NAMES)
+def test_cuda_advance_op_matches_the_cpu_one(cfg):
+    """The scalar step in a one-thread kernel equals the host one: the same
+    validity and skip count; group state and scalars to within a few float64
+    roundings (nvcc may fuse a multiply-add, and CUDA's pow is within 2 ulp,
+    which 1 - beta**k magnifies)."""
+    cls, hp = CONFIGS[cfg]
+    gen = torch.Generator().manual_seed(_seed("advance", cfg))
+    opt = cls([torch.zeros(3, requires_grad=True)], **hp)
+    group = opt.param_groups[0]
+    states = {d: opt._init_group_state(group, d) for d in (CPU, DEVICE)}
+    skips = {d: torch.zeros((), dtype=torch.int64, device=d) for d in (CPU, DEVICE)}
+    lo, hi = LOSS_RANGE[cls]
+    losses = [lo + (hi - lo) * float(u) for u in torch.rand(12, generator=gen)]
+    losses[3], losses[7], losses[9] = math.nan, math.inf, -5.0
+    for i, L in enumerate(losses):
+        vectors = {}
+        for d in (CPU, DEVICE):
+            vectors[d] = _fused.advance(
+                opt._advance_op(), torch.tensor(L, dtype=torch.float64, device=d),
+                [states[d][k] for k in GROUP_KEYS[cls]],
+                found_inf=torch.tensor(float(i == 5), device=d),
+                grad_scale=torch.tensor(2.0**10, device=d), lr=group["lr"], skips=skips[d],
+                hyper=opt._hyper(group))
+        cpu, gpu = vectors[CPU], vectors[DEVICE].cpu()
+        assert torch.equal(cpu[:2], gpu[:2]), f"{cfg} step {i}: validity or scale"
+        torch.testing.assert_close(gpu, cpu, rtol=1e-12, atol=0, equal_nan=True)
+        assert int(skips[CPU]) == int(skips[DEVICE])
+        for k in GROUP_KEYS[cls]:
+            torch.testing.assert_close(states[DEVICE][k].cpu(), states[CPU][k], rtol=2**-23, atol=0)

@@ -87,10 +87,13 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
     for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({t, b, std::min(n, b + kChunk)});
   }
 
+  const double* scalars64 = scalars.data_ptr<double>();
+  if (scalars64[kValid] == 0.0) return;  // a bad loss or overflowed gradients: change nothing
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lossopt_cpu", [&] {
     using S = at::opmath_type<scalar_t>;
-    const S* sc = scalars.data_ptr<S>();
-    if (sc[kValid] == S(0)) return;  // a bad loss or overflowed gradients: change nothing
+    // Rounded to the math type first, as the foreach path rounds them.
+    S sc[kMaxScalars];
+    for (int64_t k = 0; k < n_scalars; ++k) sc[k] = static_cast<S>(scalars64[k]);
     at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         const Chunk& ch = chunks[c];

@@ -49,14 +49,19 @@ struct RuleFunctor {
   // The rule takes a state pointer even when it has no state.
   static constexpr int kStateSlots = kStates > 0 ? kStates : 1;
 
-  const float* scalars;  // device; layout in rules/common.h
+  const double* scalars;  // device, float64; layout in rules/common.h
+  int n_scalars;
   Args args;
 
   __device__ __forceinline__ void operator()(const mta::TensorListMetadata<kDepth>& meta) const {
     // A bad loss (flag 0) changes nothing.
-    if (scalars[kValid] == 0.0f) return;
-    const Rule rule(scalars, args);
-    const float inv_scale = scalars[kInvGradScale];
+    if (scalars[kValid] == 0.0) return;
+    // Rounded to float first, as the foreach path rounds them.
+    float sc[kMaxScalars];
+#pragma unroll
+    for (int k = 0; k < kMaxScalars; ++k) sc[k] = k < n_scalars ? static_cast<float>(scalars[k]) : 0.0f;
+    const Rule rule(sc, args);
+    const float inv_scale = sc[kInvGradScale];
 
     const mta::ChunkInfo c = mta::chunk_info(meta, blockIdx.x);
     T* __restrict__ p = mta::chunk_ptr<T>(meta, 0, c);
@@ -142,7 +147,7 @@ struct RuleFunctor {
 };
 
 template <typename T, typename Rule, typename Args>
-void launch_rule(const TensorLists& lists, const Args& args, const char* name) {
+void launch_rule(const TensorLists& lists, const Args& args, int n_scalars, const char* name) {
   using Functor = RuleFunctor<T, Rule, Args>;
   constexpr int kDepth = Functor::kDepth;
   // Validate before the empty check, so that malformed lists always throw.
@@ -154,19 +159,19 @@ void launch_rule(const TensorLists& lists, const Args& args, const char* name) {
     throw std::invalid_argument(std::string(name) + ": scalars is null");
   }
   mta::multi_tensor_apply<kDepth>(lists.tensors, lists.numel, lists.stream,
-                                  Functor{lists.scalars, args}, name);
+                                  Functor{lists.scalars, n_scalars, args}, name);
 }
 
 // ParamType -> T.
 template <template <typename> class Rule, typename Args>
-void dispatch(const TensorLists& lists, const Args& args, const char* name) {
+void dispatch(const TensorLists& lists, const Args& args, int n_scalars, const char* name) {
   switch (lists.param_type) {
     case ParamType::kFloat32:
-      return launch_rule<float, Rule<float>>(lists, args, name);
+      return launch_rule<float, Rule<float>>(lists, args, n_scalars, name);
     case ParamType::kFloat16:
-      return launch_rule<__half, Rule<float>>(lists, args, name);
+      return launch_rule<__half, Rule<float>>(lists, args, n_scalars, name);
     case ParamType::kBFloat16:
-      return launch_rule<__nv_bfloat16, Rule<float>>(lists, args, name);
+      return launch_rule<__nv_bfloat16, Rule<float>>(lists, args, n_scalars, name);
   }
   throw std::invalid_argument(std::string(name) + ": unknown parameter type");
 }
@@ -174,18 +179,18 @@ void dispatch(const TensorLists& lists, const Args& args, const char* name) {
 }  // namespace
 
 void adalo(const TensorLists& lists, const rules::AdaLoArgs& args) {
-  dispatch<rules::AdaLo>(lists, args, "lossopt adalo");
+  dispatch<rules::AdaLo>(lists, args, rules::kAdaLoNumScalars, "lossopt adalo");
 }
 
 void adaml(const TensorLists& lists, const rules::AdamLArgs& args) {
-  dispatch<rules::AdamL>(lists, args, "lossopt adaml");
+  dispatch<rules::AdamL>(lists, args, rules::kAdamLNumScalars, "lossopt adaml");
 }
 
 void adaloss(const TensorLists& lists, const rules::AdaLossArgs& args, bool momentum) {
   if (momentum) {
-    dispatch<rules::AdaLossMomentum>(lists, args, "lossopt adaloss");
+    dispatch<rules::AdaLossMomentum>(lists, args, rules::kAdaLossNumScalars, "lossopt adaloss");
   } else {
-    dispatch<rules::AdaLossPlain>(lists, args, "lossopt adaloss");
+    dispatch<rules::AdaLossPlain>(lists, args, rules::kAdaLossNumScalars, "lossopt adaloss");
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../advance.h"
 #include "../rules/adalo.h"
 #include "../rules/adaloss.h"
 #include "../rules/adaml.h"
@@ -18,13 +19,13 @@ enum class ParamType { kFloat32, kFloat16, kBFloat16 };
 
 // One multi-tensor update. tensors[i] holds the addresses of the parameter,
 // its gradient and its state tensors (float32), in that order; all numel[i]
-// elements of each are contiguous. scalars: float32 device memory with the
+// elements of each are contiguous. scalars: float64 device memory with the
 // rule's loss-derived scalars; element 0 is the validity flag (0: skip).
 struct TensorLists {
   ParamType param_type;
   std::vector<std::vector<void*>> tensors;  // [n_tensors][2 + kStates]
   std::vector<int64_t> numel;               // [n_tensors]
-  const float* scalars;
+  const double* scalars;
   cudaStream_t stream;
 };
 
@@ -32,5 +33,10 @@ struct TensorLists {
 void adalo(const TensorLists& lists, const rules::AdaLoArgs& args);
 void adaml(const TensorLists& lists, const rules::AdamLArgs& args);
 void adaloss(const TensorLists& lists, const rules::AdaLossArgs& args, bool momentum);
+
+// advance<Group>(args) in a one-thread kernel on `stream` (advance.cu); args
+// holds device addresses.
+template <typename Group>
+void launch_advance(const AdvanceArgs& args, cudaStream_t stream);
 
 }  // namespace lossopt::cuda

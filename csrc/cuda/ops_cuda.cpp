@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <stdexcept>
 
+#include "../advance_op.h"
 #include "../checks.h"
 #include "launch.h"
 
@@ -31,7 +32,7 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
                            params[0].scalar_type());
     }
   }
-  lists.scalars = scalars.data_ptr<float>();
+  lists.scalars = scalars.data_ptr<double>();
   lists.stream = c10::cuda::getCurrentCUDAStream(scalars.device().index()).stream();
   for (size_t i = 0; i < params.size(); ++i) {
     std::vector<void*> row{params[i].data_ptr(), grads[i].data_ptr()};
@@ -71,12 +72,31 @@ void adaloss_cuda(at::TensorList params, at::TensorList grads, at::TensorList mo
   adaloss(lists, rules::AdaLossArgs{momentum, weight_decay}, with_momentum);
 }
 
+template <typename Group>
+at::Tensor advance_cuda(const at::Tensor& loss, at::TensorList state,
+                        const std::optional<at::Tensor>& found_inf,
+                        const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& lr_tensor,
+                        const std::optional<at::Tensor>& skips, at::ArrayRef<double> hyper,
+                        double lr) {
+  TORCH_CHECK(!state.empty(), Group::kOp, ": no group state");
+  const c10::cuda::CUDAGuard guard(state[0].device());
+  AdvanceArgs args;
+  at::Tensor out = prepare_advance<Group>(loss, state, found_inf, grad_scale, lr_tensor, skips,
+                                          hyper, lr, args);
+  launch_advance<Group>(args, c10::cuda::getCurrentCUDAStream(state[0].device().index()).stream());
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lossopt, CUDA, m) {
   m.impl("adalo_", &adalo_cuda);
   m.impl("adaml_", &adaml_cuda);
   m.impl("adaloss_", &adaloss_cuda);
+  m.impl("adalo_advance", &advance_cuda<rules::AdaLoGroup>);
+  m.impl("adaml_advance", &advance_cuda<rules::AdamLGroup>);
+  m.impl("adaloss_advance", &advance_cuda<rules::AdaLossGroup>);
 }
 
 }  // namespace lossopt::cuda

@@ -4,7 +4,8 @@
 //   p = p * (1 - lr * weight_decay)
 //   p = p - lr * (m / bc1) / sqrt(w / bc2)
 // (1 - beta2) * s, eps * l and the bias corrections bc1, bc2 come from the
-// loss and the step count, computed on the device before the kernel runs.
+// loss and the step count (AdamLGroup below), computed on the device before
+// the kernel runs.
 // Per element it computes (lr / bc1) * m / sqrt(w * (1 / bc2)): the same
 // value to within rounding, with one division instead of three.
 #pragma once
@@ -26,6 +27,49 @@ enum AdamLScalar {
   kAdamLBiasCorrection1,
   kAdamLBiasCorrection2,
   kAdamLNumScalars,
+};
+
+// Floor of the loss gap l and of l0: keeps l^phi and 1/l finite
+// (lossopt_cuda/adaml.py, MIN_GAP).
+constexpr double kAdamLMinGap = 1e-12;
+
+// Per group, from the loss L (lossopt_cuda/adaml.py, AdamL._advance):
+//   k = k + 1                         (float32, like torch.optim's step)
+//   l0 = max(L - min_loss, 1e-12)     (at the first step taken)
+//   l = L - min_loss; l = l / l0 if normalize_loss; l = max(l, 1e-12)
+//   s = 1 / (gamma * l^phi)
+//   scalars: lr, (1 - beta2) * s, eps * l, 1 - beta1^k, 1 - beta2^k
+struct AdamLGroup {
+  static constexpr const char* kOp = "lossopt::adaml_advance";
+  enum Hyper { kBeta1, kBeta2, kEps, kGamma, kPhi, kMinLoss, kNormalize, kNumHyper };
+  static constexpr int kNumState = 2;
+  static constexpr bool kDoubleState[kNumState] = {false, true};  // step: float32, loss0: float64
+  static constexpr int kNumScalars = kAdamLNumScalars;
+
+  LOSSOPT_HD static bool loss_valid(double loss) { return is_finite(loss); }
+
+  LOSSOPT_HD static void advance(double loss, bool valid, double lr, const double* h,
+                                 void* const* state, double* out) {
+    float* step_state = static_cast<float*>(state[0]);
+    double* loss0_state = static_cast<double*>(state[1]);
+    const float step = *step_state;
+    const double gap = loss - h[kMinLoss];
+    const double first_gap = step == 0.0f ? clamp_min(gap, kAdamLMinGap) : *loss0_state;
+    const float new_step = valid ? step + 1.0f : step;
+    const double loss0 = valid ? first_gap : *loss0_state;
+    if (valid) {
+      *step_state = new_step;
+      *loss0_state = loss0;
+    }
+    const double l = clamp_min(h[kNormalize] != 0.0 ? gap / loss0 : gap, kAdamLMinGap);
+    const double s = 1.0 / (h[kGamma] * pow(l, h[kPhi]));
+    const double k = new_step;
+    out[kAdamLLr] = lr;
+    out[kAdamLGradSqScale] = (1.0 - h[kBeta2]) * s;
+    out[kAdamLEpsL] = h[kEps] * l;
+    out[kAdamLBiasCorrection1] = 1.0 - pow(h[kBeta1], k);
+    out[kAdamLBiasCorrection2] = 1.0 - pow(h[kBeta2], k);
+  }
 };
 
 template <typename V>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define LOSSOPT_HD __host__ __device__ __forceinline__
@@ -20,6 +21,27 @@ namespace lossopt {
 //   kInvGradScale 1 / torch.amp.GradScaler's scale (1 without a scaler): the
 //                 drivers multiply each gradient by it before the rule sees it.
 enum CommonScalar { kValid = 0, kInvGradScale = 1, kRuleScalars = 2 };
+// The most scalars any rule's vector holds (the drivers size arrays by it).
+constexpr int kMaxScalars = 8;
+
+// Each rule also says how the loss advances its per-group scalar state (a few
+// 0-d tensors: AdaLo's loss EMA, AdamL's step count and first gap, AdaLoss's
+// b^2) and fills the scalar vector from it, in double precision, mirroring the
+// Python in lossopt_cuda/<rule>.py operation for operation. The host calls it
+// on the CPU, a one-thread kernel on the GPU (csrc/advance.h drives both).
+constexpr int kMaxGroupState = 2;
+constexpr int kMaxHyper = 8;
+
+LOSSOPT_HD bool is_finite(double x) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
+}
+
+// torch.clamp_min: NaN stays NaN.
+LOSSOPT_HD double clamp_min(double x, double low) { return x < low ? low : x; }
 
 LOSSOPT_HD float vsqrt(float x) { return sqrtf(x); }
 LOSSOPT_HD double vsqrt(double x) { return sqrt(x); }
