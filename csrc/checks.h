@@ -19,11 +19,15 @@ inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
 // scalars' device, dense and laid out like the parameter (so the kernels can
 // walk them as flat memory); grads in the parameter's dtype; states in the
 // math dtype (float32, or float64 for float64 parameters); scalars float64.
+// master: empty, or the float32 master weights of float16/bfloat16 parameters,
+// one per parameter and laid out like it.
 inline void check_lists(const char* op, at::TensorList params, at::TensorList grads,
-                        std::initializer_list<at::TensorList> states, const at::Tensor& scalars,
-                        int64_t n_scalars) {
+                        std::initializer_list<at::TensorList> states, at::TensorList master,
+                        const at::Tensor& scalars, int64_t n_scalars) {
   TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " parameters but ",
               grads.size(), " gradients");
+  TORCH_CHECK(master.empty() || master.size() == params.size(), op, ": ", params.size(),
+              " parameters but ", master.size(), " master weights");
   for (const auto& list : states) {
     TORCH_CHECK(list.size() == params.size(), op, ": ", params.size(),
                 " parameters but a state list of ", list.size());
@@ -35,6 +39,8 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
   if (params.empty()) return;
   const auto dtype = params[0].scalar_type();
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(master.empty() || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": master weights are for float16 and bfloat16 parameters, not ", dtype);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.device() == scalars.device(), op, ": all tensors of one call must be on ",
@@ -53,6 +59,13 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
                       same_layout(s, p),
                   op, ": state of parameter ", i, " must be ", math,
                   " on its device with its shape and strides");
+    }
+    if (!master.empty()) {
+      const at::Tensor& m = master[i];
+      TORCH_CHECK(m.device() == p.device() && m.scalar_type() == at::kFloat &&
+                      m.sizes() == p.sizes() && same_layout(m, p),
+                  op, ": master weight of parameter ", i,
+                  " must be float32 on its device with its shape and strides");
     }
   }
 }

@@ -51,16 +51,19 @@ TORCH_LIBRARY(lossopt, m) {
   // <rule>_: the update of every parameter, in place. scalars: the vector
   // from <rule>_advance on the parameters' device; element 0 is 0 when the
   // step is skipped.
+  // master: the float32 master weights of float16/bfloat16 parameters, or an
+  // empty list; with them the rule steps the master and the parameter gets its
+  // rounded copy, in the same pass.
   m.def(
-      "adalo_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor scalars, "
-      "float beta1, float weight_decay) -> ()");
+      "adalo_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(d!)[] master, "
+      "Tensor scalars, float beta1, float weight_decay) -> ()");
   m.def(
       "adaml_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
-      "Tensor(c!)[] exp_avg_sq, Tensor scalars, float beta1, float beta2, "
+      "Tensor(c!)[] exp_avg_sq, Tensor(d!)[] master, Tensor scalars, float beta1, float beta2, "
       "float weight_decay) -> ()");
   m.def(
       "adaloss_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, "
-      "Tensor scalars, float momentum, float weight_decay) -> ()");
+      "Tensor(d!)[] master, Tensor scalars, float momentum, float weight_decay) -> ()");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -27,7 +27,7 @@ from . import _fused
 from ._build import fused_supported, require_kernels
 from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss,
                     scalar_dtype, will_average)
-from ._reference import compute_dtype, unscale_grads, write_
+from ._reference import compute_dtype, unscale_grads, update_params, write_
 from ._skips import SkipCounter
 
 try:
@@ -36,6 +36,8 @@ except ImportError:  # torch built without distributed support
     _DTensor = None
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
+#: Parameter dtypes that ``master_weights=True`` gives float32 master copies.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 UpdateFn = Callable[..., None]
 
 
@@ -105,6 +107,7 @@ class LossDrivenOptimizer(Optimizer):
         fused: Optional[bool],
         average_loss: bool,
         process_group: Optional[Any],
+        master_weights: bool = False,
     ) -> None:
         name = type(self).__name__
         if foreach and fused:
@@ -116,6 +119,7 @@ class LossDrivenOptimizer(Optimizer):
         self.foreach = foreach
         self.fused = fused
         self.average_loss = bool(average_loss)
+        self.master_weights = bool(master_weights)
         self.process_group = process_group
         self._skips = SkipCounter(name)
         super().__init__(params, defaults)
@@ -380,13 +384,14 @@ class LossDrivenOptimizer(Optimizer):
             local_vector = _place(vector, device)
             params_local = [_local(p) for p in params]
             grads = [_local(p.grad) for p in params]
+            master = self._master_weights(params)
             if update is type(self)._fused:
-                update(params_local, grads, scalars=local_vector, **states, **args)
+                update(params_local, grads, scalars=local_vector, master=master, **states, **args)
                 continue
             # A bucket without kernels (say float64 on CUDA) in a fused group.
             kwargs = _fused.scalar_kwargs(local_vector, self._scalar_names, cdtype)
             grads = unscale_grads(grads, kwargs.pop("inv_grad_scale"))
-            update(params_local, grads, **states, **kwargs, **args)
+            update_params(update, params_local, master, grads, states, {**kwargs, **args})
 
     def _step_group(
         self,
@@ -413,13 +418,29 @@ class LossDrivenOptimizer(Optimizer):
                 grads = unscale_grads(grads, _to_bucket(inv_grad_scale, device, cdtype))
             # DTensor parameters (FSDP2, tensor parallelism): every update is
             # elementwise given the group's scalars, so each rank steps its own shard.
-            update(
+            update_params(
+                update,
                 [_local(p) for p in params],
+                self._master_weights(params),
                 [_local(g) for g in grads],
-                valid=_place(valid, device),
-                **{k: [_local(s) for s in v] for k, v in states.items()},
-                **kwargs,
+                {k: [_local(s) for s in v] for k, v in states.items()},
+                {"valid": _place(valid, device), **kwargs},
             )
+
+    def _master_weights(self, params: List[Tensor]) -> Optional[List[Tensor]]:
+        """The float32 master weights of a float16/bfloat16 bucket (local
+        shards), created from the parameters at their first step; None
+        without ``master_weights``."""
+        if not self.master_weights or params[0].dtype not in LOW_PRECISION:
+            return None
+        masters = []
+        for p in params:
+            state = self.state[p]
+            if "master_param" not in state:
+                state["master_param"] = torch.empty_like(
+                    p, dtype=torch.float32, memory_format=torch.preserve_format).copy_(p.detach())
+            masters.append(_local(state["master_param"]))
+        return masters
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
         state = self.state[p]

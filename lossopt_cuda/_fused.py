@@ -9,7 +9,9 @@ the optimizer's ``_advance`` and its reference functions in
   overflowed gradients; ``inv_grad_scale`` is ``1 / torch.amp.GradScaler``'s
   scale, 1 without one.
 * ``<rule>_`` updates every parameter of one (device, dtype) bucket in one
-  pass, reading the vector from device memory.
+  pass, reading the vector from device memory; with master weights it steps
+  the float32 masters and writes the parameters as their rounded copies in
+  the same pass.
 
 Nothing is read back to the host, so a step can be captured in a CUDA graph,
 and the whole scalar step is one call rather than a dozen tiny torch ops.
@@ -83,25 +85,28 @@ def _launch(
     params: List[Tensor],
     grads: List[Tensor],
     states: Dict[str, List[Tensor]],
+    master: Optional[List[Tensor]],
     scalars: Tensor,
     args: Dict[str, float],
 ) -> None:
+    masters = master if master is not None else []
     dense = [
-        _walkable(p, g, [s[i] for s in states.values()])
+        _walkable(p, g, [s[i] for s in states.values()] + masters[i:i + 1])
         for i, (p, g) in enumerate(zip(params, grads))
     ]
     if all(dense):
-        op(params, grads, *states.values(), scalars, *args.values())
+        op(params, grads, *states.values(), masters, scalars, *args.values())
         return
     rest = [i for i, ok in enumerate(dense) if not ok]
     kwargs = scalar_kwargs(scalars, names, _reference.compute_dtype(params[rest[0]].dtype))
     inv_grad_scale = kwargs.pop("inv_grad_scale")
-    fallback(
+    _reference.update_params(
+        fallback,
         [params[i] for i in rest],
+        [masters[i] for i in rest] if master is not None else None,
         unscale_grads([grads[i] for i in rest], inv_grad_scale),
-        **{k: [v[i] for i in rest] for k, v in states.items()},
-        **kwargs,
-        **args,
+        {k: [v[i] for i in rest] for k, v in states.items()},
+        {**kwargs, **args},
     )
     keep = [i for i, ok in enumerate(dense) if ok]
     if keep:
@@ -109,6 +114,7 @@ def _launch(
             [params[i] for i in keep],
             [grads[i] for i in keep],
             *[[v[i] for i in keep] for v in states.values()],
+            [masters[i] for i in keep] if master is not None else [],
             scalars,
             *args.values(),
         )
@@ -116,21 +122,22 @@ def _launch(
 
 def adalo_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor], scalars: Tensor,
-    beta1: float, weight_decay: float,
+    beta1: float, weight_decay: float, master: Optional[List[Tensor]] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adalo_, _reference.adalo_foreach, ADALO_SCALARS, params, grads,
-        {"exp_avg": exp_avg}, scalars, dict(beta1=beta1, weight_decay=weight_decay),
+        {"exp_avg": exp_avg}, master, scalars, dict(beta1=beta1, weight_decay=weight_decay),
     )
 
 
 def adaml_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor],
     exp_avg_sq: List[Tensor], scalars: Tensor, beta1: float, beta2: float, weight_decay: float,
+    master: Optional[List[Tensor]] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adaml_, _reference.adaml_foreach, ADAML_SCALARS, params, grads,
-        {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, scalars,
+        {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, master, scalars,
         dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay),
     )
 
@@ -138,14 +145,15 @@ def adaml_fused(
 def adaloss_fused(
     params: List[Tensor], grads: List[Tensor], *, scalars: Tensor, momentum: float,
     weight_decay: float, momentum_buffer: Optional[List[Tensor]] = None,
+    master: Optional[List[Tensor]] = None,
 ) -> None:
     states = {"momentum_buffer": momentum_buffer} if momentum_buffer is not None else {}
     # The op takes an empty buffer list for "no momentum"; the fallback takes None.
     op = torch.ops.lossopt.adaloss_
-    launch_op = op if states else (lambda p, g, s, *a: op(p, g, [], s, *a))
+    launch_op = op if states else (lambda p, g, m, s, *a: op(p, g, [], m, s, *a))
     _launch(
-        launch_op, _reference.adaloss_foreach, ADALOSS_SCALARS, params, grads, states, scalars,
-        dict(momentum=momentum, weight_decay=weight_decay),
+        launch_op, _reference.adaloss_foreach, ADALOSS_SCALARS, params, grads, states, master,
+        scalars, dict(momentum=momentum, weight_decay=weight_decay),
     )
 
 

@@ -22,7 +22,7 @@ needed since a bad loss usually comes with NaN gradients and ``0 * NaN`` is NaN.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -75,6 +75,22 @@ def unscale_grads(grads: List[Tensor], inv_grad_scale: Optional[Tensor]) -> List
 def _commit_all(dsts: Sequence[Tensor], news: Sequence[Tensor], valid: Tensor) -> None:
     for dst, new in zip(dsts, news):
         _commit(dst, new, valid)
+
+
+def update_params(
+    update: Callable[..., None],
+    params: List[Tensor],
+    master: Optional[List[Tensor]],
+    grads: List[Tensor],
+    states: Dict[str, List[Tensor]],
+    kwargs: Dict[str, Any],
+) -> None:
+    """Run a for-loop or foreach ``update`` on ``params``, or, with float32
+    ``master`` weights, on the masters; the parameters then become their
+    rounded copies (where the step was valid)."""
+    update(master if master is not None else params, grads, **states, **kwargs)
+    if master is not None:
+        _commit_all(params, [m.to(p.dtype) for p, m in zip(params, master)], kwargs["valid"])
 
 
 # --------------------------------------------------------------------------- AdaLo

@@ -47,6 +47,11 @@ class AdaLo(LossDrivenOptimizer):
         average_loss: average the loss over the process group when
             ``torch.distributed`` runs with more than one rank.
         process_group: the group to average over (default: the world).
+        master_weights: keep a float32 master copy of every float16/bfloat16
+            parameter (state ``master_param``); the rule steps the master and
+            the parameter becomes its rounded copy, in the same kernel pass on
+            the fused path. Small updates then accumulate instead of rounding
+            away. Other dtypes are stepped as they are.
 
     A valid loss is finite and greater than -1; any other loss skips the step.
     """
@@ -71,11 +76,13 @@ class AdaLo(LossDrivenOptimizer):
         fused: Optional[bool] = None,
         average_loss: bool = True,
         process_group: Optional[Any] = None,
+        master_weights: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
         super().__init__(
             params, defaults, foreach=foreach, fused=fused,
             average_loss=average_loss, process_group=process_group,
+            master_weights=master_weights,
         )
 
     def _validate(self, group: Dict[str, Any]) -> None:

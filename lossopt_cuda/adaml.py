@@ -47,7 +47,8 @@ class AdamL(LossDrivenOptimizer):
         min_loss: ``f*``, a lower bound of the loss.
         normalize_loss: divide the gap by the first step's gap.
         weight_decay: decoupled weight decay.
-        foreach, fused, average_loss, process_group: as in :class:`AdaLo`.
+        foreach, fused, average_loss, process_group, master_weights: as in
+            :class:`AdaLo`.
 
     Any finite loss is valid; NaN or infinite losses skip the step.
     """
@@ -74,6 +75,7 @@ class AdamL(LossDrivenOptimizer):
         fused: Optional[bool] = None,
         average_loss: bool = True,
         process_group: Optional[Any] = None,
+        master_weights: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, gamma=gamma, phi=phi, min_loss=min_loss,
@@ -82,6 +84,7 @@ class AdamL(LossDrivenOptimizer):
         super().__init__(
             params, defaults, foreach=foreach, fused=fused,
             average_loss=average_loss, process_group=process_group,
+            master_weights=master_weights,
         )
 
     def _validate(self, group: Dict[str, Any]) -> None:

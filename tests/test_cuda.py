@@ -986,3 +986,43 @@ def test_cuda_advance_op_matches_the_cpu_one(cfg):
         assert int(skips[CPU]) == int(skips[DEVICE])
         for k in GROUP_KEYS[cls]:
             torch.testing.assert_close(states[DEVICE][k].cpu(), states[CPU][k], rtol=2**-23, atol=0)
+
+
+# ----------------------------------------------------------------------------- master weights
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=lambda d: DTYPE_IDS[d])
+@pytest.mark.parametrize("cfg", ONE_PER_RULE)
+def test_master_weights_in_the_kernel(cfg, dtype):
+    """master_weights=True on CUDA: the kernel steps the float32 masters (the
+    float32 trajectory of the same gradients) and writes each parameter as its
+    rounded master, on the vector path and, for a parameter 2 bytes off
+    16-byte alignment, the scalar path."""
+    cls, hp = CONFIGS[cfg]
+    gen = torch.Generator().manual_seed(_seed("master", cfg, dtype))
+    sizes = [1, 3, 4099, 65537]
+    values = [torch.randn(n, generator=gen) for n in sizes]
+    backing = torch.empty(sizes[-1] + 1, dtype=dtype, device=DEVICE)
+    params = [v.to(dtype).to(DEVICE).requires_grad_() for v in values[:-1]]
+    offset = backing[1:]  # 2 bytes past an aligned address
+    offset.copy_(values[-1].to(dtype))
+    params.append(offset.requires_grad_())
+    refs = [p.detach().double().cpu().requires_grad_() for p in params]
+    opt = cls(params, fused=True, master_weights=True, **hp)
+    ref = cls(refs, foreach=False, fused=False, **hp)
+    lo, hi = LOSS_RANGE[cls]
+    for _ in range(STEPS):
+        loss = lo + (hi - lo) * float(torch.rand((), generator=gen))
+        for p, r in zip(params, refs):
+            g = torch.randn(p.shape, generator=gen).to(dtype)
+            p.grad = g.to(DEVICE)
+            r.grad = g.double()
+        opt.step(loss=loss)
+        ref.step(loss=loss)
+    torch.cuda.synchronize()
+    for i, (p, r) in enumerate(zip(params, refs)):
+        master = opt.state[p]["master_param"]
+        assert master.dtype == F32
+        torch.testing.assert_close(master.double().cpu(), r.detach(), rtol=1e-5, atol=1e-5,
+                                   msg=f"{cfg} {dtype} master {i}")
+        assert torch.equal(p.detach(), master.to(dtype)), f"{cfg} {dtype}: param {i} is not its rounded master"

@@ -40,13 +40,13 @@ struct Chunk {
 };
 
 template <typename T, typename S, template <typename> class Rule, typename Args>
-void run_chunk(T* p, const T* g, S* const* states, int64_t begin, int64_t end, const S* scalars,
-               const Args& args) {
+void run_chunk(T* p, const T* g, S* const* states, S* master, int64_t begin, int64_t end,
+               const S* scalars, const Args& args) {
   constexpr int K = Rule<S>::kStates;
   const Rule<S> rule(scalars, args);
   const S inv_scale = scalars[kInvGradScale];
   int64_t i = begin;
-  if constexpr (std::is_same_v<T, S>) {
+  if constexpr (std::is_same_v<T, S>) {  // no master weights (checks.h)
     using Vec = at::vec::Vectorized<S>;
     const Rule<Vec> vrule(scalars, args);
     const Vec vinv_scale(inv_scale);
@@ -61,11 +61,14 @@ void run_chunk(T* p, const T* g, S* const* states, int64_t begin, int64_t end, c
     }
   }
   for (; i < end; ++i) {
-    S sp = static_cast<S>(p[i]);
+    // With master weights the rule steps the float32 master and the
+    // parameter becomes its rounded copy.
+    S sp = master != nullptr ? master[i] : static_cast<S>(p[i]);
     const S sg = static_cast<S>(g[i]) * inv_scale;
     S ss[K > 0 ? K : 1];
     for (int k = 0; k < K; ++k) ss[k] = states[k][i];
     rule(sp, sg, ss);
+    if (master != nullptr) master[i] = sp;
     p[i] = static_cast<T>(sp);
     for (int k = 0; k < K; ++k) states[k][i] = ss[k];
   }
@@ -73,9 +76,9 @@ void run_chunk(T* p, const T* g, S* const* states, int64_t begin, int64_t end, c
 
 template <template <typename> class Rule, typename Args>
 void apply(const char* op, at::TensorList params, at::TensorList grads,
-           std::initializer_list<at::TensorList> state_lists, const at::Tensor& scalars,
-           int64_t n_scalars, const Args& args) {
-  check_lists(op, params, grads, state_lists, scalars, n_scalars);
+           std::initializer_list<at::TensorList> state_lists, at::TensorList master,
+           const at::Tensor& scalars, int64_t n_scalars, const Args& args) {
+  check_lists(op, params, grads, state_lists, master, scalars, n_scalars);
   if (params.empty()) return;
   constexpr int K = Rule<float>::kStates;
   const std::vector<at::TensorList> states(state_lists);
@@ -99,36 +102,38 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
         const Chunk& ch = chunks[c];
         S* st[K > 0 ? K : 1];
         for (int k = 0; k < K; ++k) st[k] = states[k][ch.tensor].data_ptr<S>();
+        S* m = master.empty() ? nullptr : master[ch.tensor].data_ptr<S>();
         run_chunk<scalar_t, S, Rule>(params[ch.tensor].data_ptr<scalar_t>(),
-                                     grads[ch.tensor].data_ptr<scalar_t>(), st, ch.begin, ch.end,
-                                     sc, args);
+                                     grads[ch.tensor].data_ptr<scalar_t>(), st, m, ch.begin,
+                                     ch.end, sc, args);
       }
     });
   });
 }
 
 void adalo(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-           const at::Tensor& scalars, double beta1, double weight_decay) {
-  apply<rules::AdaLo>("lossopt::adalo_", params, grads, {exp_avg}, scalars,
+           at::TensorList master, const at::Tensor& scalars, double beta1, double weight_decay) {
+  apply<rules::AdaLo>("lossopt::adalo_", params, grads, {exp_avg}, master, scalars,
                       rules::kAdaLoNumScalars, rules::AdaLoArgs{beta1, weight_decay});
 }
 
 void adaml(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-           at::TensorList exp_avg_sq, const at::Tensor& scalars, double beta1, double beta2,
-           double weight_decay) {
-  apply<rules::AdamL>("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, scalars,
+           at::TensorList exp_avg_sq, at::TensorList master, const at::Tensor& scalars,
+           double beta1, double beta2, double weight_decay) {
+  apply<rules::AdamL>("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, master, scalars,
                       rules::kAdamLNumScalars, rules::AdamLArgs{beta1, beta2, weight_decay});
 }
 
 void adaloss(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
-             const at::Tensor& scalars, double momentum, double weight_decay) {
+             at::TensorList master, const at::Tensor& scalars, double momentum,
+             double weight_decay) {
   const rules::AdaLossArgs args{momentum, weight_decay};
   if (momentum_buffer.empty()) {
-    apply<rules::AdaLossPlain>("lossopt::adaloss_", params, grads, {}, scalars,
+    apply<rules::AdaLossPlain>("lossopt::adaloss_", params, grads, {}, master, scalars,
                                rules::kAdaLossNumScalars, args);
   } else {
-    apply<rules::AdaLossMomentum>("lossopt::adaloss_", params, grads, {momentum_buffer}, scalars,
-                                  rules::kAdaLossNumScalars, args);
+    apply<rules::AdaLossMomentum>("lossopt::adaloss_", params, grads, {momentum_buffer}, master,
+                                  scalars, rules::kAdaLossNumScalars, args);
   }
 }
 

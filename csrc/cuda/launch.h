@@ -18,12 +18,14 @@ namespace lossopt::cuda {
 enum class ParamType { kFloat32, kFloat16, kBFloat16 };
 
 // One multi-tensor update. tensors[i] holds the addresses of the parameter,
-// its gradient and its state tensors (float32), in that order; all numel[i]
+// its gradient, its state tensors (float32) and, with master weights, its
+// float32 master copy, in that order; all numel[i]
 // elements of each are contiguous. scalars: float64 device memory with the
 // rule's loss-derived scalars; element 0 is the validity flag (0: skip).
 struct TensorLists {
   ParamType param_type;
-  std::vector<std::vector<void*>> tensors;  // [n_tensors][2 + kStates]
+  bool master;  // each row ends with the parameter's float32 master weight
+  std::vector<std::vector<void*>> tensors;  // [n_tensors][2 + kStates (+ 1)]
   std::vector<int64_t> numel;               // [n_tensors]
   const double* scalars;
   cudaStream_t stream;

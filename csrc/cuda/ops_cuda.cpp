@@ -18,11 +18,12 @@ namespace lossopt::cuda {
 namespace {
 
 TensorLists make_lists(const char* op, at::TensorList params, at::TensorList grads,
-                       std::initializer_list<at::TensorList> states, const at::Tensor& scalars,
-                       int64_t n_scalars) {
-  check_lists(op, params, grads, states, scalars, n_scalars);
+                       std::initializer_list<at::TensorList> states, at::TensorList master,
+                       const at::Tensor& scalars, int64_t n_scalars) {
+  check_lists(op, params, grads, states, master, scalars, n_scalars);
   TensorLists lists;
   lists.param_type = ParamType::kFloat32;
+  lists.master = !master.empty();
   if (!params.empty()) {
     switch (params[0].scalar_type()) {
       case at::kFloat: lists.param_type = ParamType::kFloat32; break;
@@ -37,6 +38,7 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
   for (size_t i = 0; i < params.size(); ++i) {
     std::vector<void*> row{params[i].data_ptr(), grads[i].data_ptr()};
     for (const auto& list : states) row.push_back(list[i].data_ptr());
+    if (!master.empty()) row.push_back(master[i].data_ptr());
     lists.tensors.push_back(std::move(row));
     lists.numel.push_back(params[i].numel());
   }
@@ -44,30 +46,32 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
 }
 
 void adalo_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-                const at::Tensor& scalars, double beta1, double weight_decay) {
+                at::TensorList master, const at::Tensor& scalars, double beta1,
+                double weight_decay) {
   const c10::cuda::CUDAGuard guard(scalars.device());
-  const auto lists = make_lists("lossopt::adalo_", params, grads, {exp_avg}, scalars,
+  const auto lists = make_lists("lossopt::adalo_", params, grads, {exp_avg}, master, scalars,
                                 rules::kAdaLoNumScalars);
   adalo(lists, rules::AdaLoArgs{beta1, weight_decay});
 }
 
 void adaml_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-                at::TensorList exp_avg_sq, const at::Tensor& scalars, double beta1, double beta2,
-                double weight_decay) {
+                at::TensorList exp_avg_sq, at::TensorList master, const at::Tensor& scalars,
+                double beta1, double beta2, double weight_decay) {
   const c10::cuda::CUDAGuard guard(scalars.device());
-  const auto lists = make_lists("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, scalars,
-                                rules::kAdamLNumScalars);
+  const auto lists = make_lists("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, master,
+                                scalars, rules::kAdamLNumScalars);
   adaml(lists, rules::AdamLArgs{beta1, beta2, weight_decay});
 }
 
 void adaloss_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
-                  const at::Tensor& scalars, double momentum, double weight_decay) {
+                  at::TensorList master, const at::Tensor& scalars, double momentum,
+                  double weight_decay) {
   const c10::cuda::CUDAGuard guard(scalars.device());
   const bool with_momentum = !momentum_buffer.empty();
   const auto lists =
-      with_momentum ? make_lists("lossopt::adaloss_", params, grads, {momentum_buffer}, scalars,
-                                 rules::kAdaLossNumScalars)
-                    : make_lists("lossopt::adaloss_", params, grads, {}, scalars,
+      with_momentum ? make_lists("lossopt::adaloss_", params, grads, {momentum_buffer}, master,
+                                 scalars, rules::kAdaLossNumScalars)
+                    : make_lists("lossopt::adaloss_", params, grads, {}, master, scalars,
                                  rules::kAdaLossNumScalars);
   adaloss(lists, rules::AdaLossArgs{momentum, weight_decay}, with_momentum);
 }
