@@ -215,8 +215,9 @@ for c in "${CUDA_HOME:-/nonexistent}/bin/compute-sanitizer" "${CUDA_HOME:-/nonex
     if [ -z "$SAN" ] && [ -x "$c" ]; then SAN=$c; fi
 done
 cat > "$TMPD/sanitize_ops.py" <<'PY'
-# Every fused CUDA op once or twice, on odd sizes, a misaligned tensor, a
-# transposed (dense) one and an empty one, for each parameter dtype.
+# Every fused CUDA op (advance and update) once or twice, on odd sizes, a
+# misaligned tensor, a transposed (dense) one and an empty one, for each
+# parameter dtype, with and without master weights.
 import torch
 import lossopt_cuda
 from lossopt_cuda import AdaLo, AdaLoss, AdamL
@@ -244,15 +245,16 @@ cases = [
     (AdaLoss, dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
 ]
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    for cls, hp in cases:
+    masters = (False, True) if dtype != torch.float32 else (False,)
+    for (cls, hp), master in [(c, m) for c in cases for m in masters]:
         ps = params(dtype)
-        opt = cls(ps, fused=True, **hp)
+        opt = cls(ps, fused=True, master_weights=master, **hp)
         for loss in (1.5, 0.7, float("nan")):
             opt.step(loss=torch.tensor(loss, device=dev))
         torch.cuda.synchronize()
         assert all(bool(torch.isfinite(p).all()) for p in ps), (cls.__name__, dtype)
         assert opt.skipped_steps == 1
-        print(cls.__name__, hp, dtype, "ok", flush=True)
+        print(cls.__name__, hp, dtype, "master" if master else "", "ok", flush=True)
 print("SANITIZE-OK")
 PY
 if [ -z "$SAN" ]; then
@@ -355,7 +357,7 @@ fi
         echo '```'
     fi
     echo
-    echo "## compute-sanitizer memcheck (all three fused ops, fp32/fp16/bf16)"
+    echo "## compute-sanitizer memcheck (all fused ops, fp32/fp16/bf16, with and without master weights)"
     echo
     echo "$SANITIZER_SUMMARY"
     echo
