@@ -19,6 +19,7 @@ inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
 // scalars' device, dense and laid out like the parameter (so the kernels can
 // walk them as flat memory); grads in the parameter's dtype; states in the
 // math dtype (float32, or float64 for float64 parameters); scalars float64.
+// All checks run before anything is written, so a refused call changes nothing.
 // master: empty, or the float32 master weights of float16/bfloat16 parameters,
 // one per parameter and laid out like it.
 inline void check_lists(const char* op, at::TensorList params, at::TensorList grads,
@@ -41,33 +42,40 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(master.empty() || dtype == at::kHalf || dtype == at::kBFloat16, op,
               ": master weights are for float16 and bfloat16 parameters, not ", dtype);
+  int64_t first_unwalkable = -1;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.device() == scalars.device(), op, ": all tensors of one call must be on ",
                 scalars.device(), "; parameter ", i, " is on ", p.device());
     TORCH_CHECK(p.scalar_type() == dtype, op, ": one call takes one parameter dtype, got ", dtype,
                 " and ", p.scalar_type());
-    TORCH_CHECK(p.is_non_overlapping_and_dense(), op, ": parameter ", i,
-                " is not dense (use the foreach path for such tensors)");
     const at::Tensor& g = grads[i];
-    TORCH_CHECK(g.device() == p.device() && g.scalar_type() == dtype && g.sizes() == p.sizes() &&
-                    same_layout(g, p),
-                op, ": gradient ", i, " must match its parameter in device, dtype, shape and strides");
+    TORCH_CHECK(g.device() == p.device() && g.sizes() == p.sizes(), op, ": gradient ", i,
+                " must match its parameter in device and shape");
     for (const auto& list : states) {
       const at::Tensor& s = list[i];
-      TORCH_CHECK(s.device() == p.device() && s.scalar_type() == math && s.sizes() == p.sizes() &&
-                      same_layout(s, p),
-                  op, ": state of parameter ", i, " must be ", math,
-                  " on its device with its shape and strides");
+      TORCH_CHECK(s.device() == p.device() && s.scalar_type() == math && s.sizes() == p.sizes(),
+                  op, ": state of parameter ", i, " must be ", math, " on its device with its shape");
     }
     if (!master.empty()) {
       const at::Tensor& m = master[i];
       TORCH_CHECK(m.device() == p.device() && m.scalar_type() == at::kFloat &&
-                      m.sizes() == p.sizes() && same_layout(m, p),
+                      m.sizes() == p.sizes(),
                   op, ": master weight of parameter ", i,
-                  " must be float32 on its device with its shape and strides");
+                  " must be float32 on its device with its shape");
     }
+    bool walkable = p.is_non_overlapping_and_dense() && g.scalar_type() == dtype && same_layout(g, p);
+    for (const auto& list : states) walkable = walkable && same_layout(list[i], p);
+    if (!master.empty()) walkable = walkable && same_layout(master[i], p);
+    if (!walkable && first_unwalkable < 0) first_unwalkable = static_cast<int64_t>(i);
   }
+  // Last, so that any other error is reported first: what the kernels cannot
+  // walk raises NotImplementedError, and the caller steps those parameters
+  // another way (lossopt_cuda/_fused.py).
+  TORCH_CHECK_NOT_IMPLEMENTED(first_unwalkable < 0, op, ": parameter ", first_unwalkable,
+                              " is not dense, or its gradient, state or master weight is laid ",
+                              "out otherwise, or its gradient has another dtype (use the foreach ",
+                              "path for such tensors)");
 }
 
 }  // namespace lossopt

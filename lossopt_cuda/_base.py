@@ -298,21 +298,24 @@ class LossDrivenOptimizer(Optimizer):
                 continue
             buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]] = defaultdict(list)
             for p in group["params"]:
-                if p.grad is None:
+                g = p.grad
+                if g is None:
                     continue
-                if p.grad.is_sparse:
+                if g.is_sparse:
                     raise RuntimeError(f"{name} does not support sparse gradients")
-                if p.is_complex() or p.grad.is_complex():
+                if g.is_complex():
                     raise RuntimeError(f"{name} does not support complex parameters or gradients")
-                if not p.is_floating_point():
-                    raise RuntimeError(f"{name} needs floating-point parameters, got {p.dtype}")
-                if p.grad.shape != p.shape:
+                if g.shape != p.shape:
                     raise RuntimeError(
-                        f"{name}: gradient of shape {tuple(p.grad.shape)} for a parameter "
+                        f"{name}: gradient of shape {tuple(g.shape)} for a parameter "
                         f"of shape {tuple(p.shape)}"
                     )
                 buckets[(p.device, p.dtype)].append(p)
-            for device, dtype in buckets:
+            for device, dtype in buckets:  # the parameters' dtype, once per bucket
+                if dtype.is_complex:
+                    raise RuntimeError(f"{name} does not support complex parameters or gradients")
+                if not dtype.is_floating_point:
+                    raise RuntimeError(f"{name} needs floating-point parameters, got {dtype}")
                 self._choose_impl(device, dtype)  # raises if fused=True cannot run here
             work.append((group, buckets))
         return work
@@ -379,12 +382,15 @@ class LossDrivenOptimizer(Optimizer):
         args = self._update_args(group)
         for (device, dtype), params in buckets.items():
             cdtype = compute_dtype(dtype)
-            states = {key: [_local(self._param_state(p, key, cdtype)) for p in params] for key in keys}
+            states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
             update = self._choose_impl(device, dtype)
             local_vector = _place(vector, device)
-            params_local = [_local(p) for p in params]
-            grads = [_local(p.grad) for p in params]
+            params_local = params
+            grads = [p.grad for p in params]
             master = self._master_weights(params)
+            if _any_dtensor(params):
+                params_local, grads = _local_all(params), _local_all(grads)
+                states = {k: _local_all(v) for k, v in states.items()}
             if update is type(self)._fused:
                 update(params_local, grads, scalars=local_vector, master=master, **states, **args)
                 continue
@@ -439,14 +445,15 @@ class LossDrivenOptimizer(Optimizer):
             if "master_param" not in state:
                 state["master_param"] = torch.empty_like(
                     p, dtype=torch.float32, memory_format=torch.preserve_format).copy_(p.detach())
-            masters.append(_local(state["master_param"]))
-        return masters
+            masters.append(state["master_param"])
+        return _local_all(masters) if _any_dtensor(masters) else masters
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
         state = self.state[p]
-        if key not in state:
-            state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        return state[key]
+        value = state.get(key)
+        if value is None:
+            value = state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        return value
 
 
 class _AmpFlags:
@@ -474,6 +481,14 @@ class _AmpFlags:
 def _local(t: Tensor) -> Tensor:
     """The rank's own shard of a DTensor (a view: updates to it update the DTensor)."""
     return t.to_local() if _DTensor is not None and isinstance(t, _DTensor) else t
+
+
+def _any_dtensor(ts: List[Tensor]) -> bool:
+    return _DTensor is not None and any(isinstance(t, _DTensor) for t in ts)
+
+
+def _local_all(ts: List[Tensor]) -> List[Tensor]:
+    return [_local(t) for t in ts]
 
 
 def _place(t: Tensor, device: torch.device) -> Tensor:

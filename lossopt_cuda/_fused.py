@@ -90,6 +90,14 @@ def _launch(
     args: Dict[str, float],
 ) -> None:
     masters = master if master is not None else []
+    if not torch.compiler.is_compiling():
+        # The op checks walkability itself before writing anything, faster
+        # than Python can; a fake (traced) op cannot, hence the check below.
+        try:
+            op(params, grads, *states.values(), masters, scalars, *args.values())
+            return
+        except NotImplementedError:  # some tensor is not walkable (csrc/checks.h)
+            pass
     dense = [
         _walkable(p, g, [s[i] for s in states.values()] + masters[i:i + 1])
         for i, (p, g) in enumerate(zip(params, grads))

@@ -695,6 +695,77 @@ def test_cuda_graph_tensor_lr_changes_between_replays(cfg):
     _graph_vs_eager(cfg, F32, lr_values=[1e-2, 2e-2, 5e-3, 1e-2, 3e-2, 1e-3, 2e-2, 1e-2, 4e-3])
 
 
+@pytest.mark.parametrize("master", [False, True], ids=["plain", "bf16-master"])
+@pytest.mark.parametrize("cfg", ONE_PER_RULE)
+def test_cuda_graph_of_a_whole_training_step(cfg, master):
+    """Forward, loss, backward and opt.step(loss=loss) captured in one CUDA
+    graph (torch's whole-network capture recipe) and replayed on new batches
+    equal the same training run done eagerly."""
+    cls, hp = CONFIGS[cfg]
+    dtype = BF16 if master else F32
+    torch.manual_seed(_seed("whole-graph", cfg, master))
+
+    def make_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(37, 64), torch.nn.Tanh(),
+                                   torch.nn.Linear(64, 5)).to(DEVICE, dtype)
+
+    batches = [(torch.randn(16, 37, device=DEVICE, dtype=dtype),
+                torch.randint(0, 5, (16,), device=DEVICE)) for _ in range(8)]
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step(model, opt, x, y):
+        loss = loss_fn(model(x).float(), y)
+        loss.backward()
+        opt.step(loss=loss)
+        return loss
+
+    eager_model, graph_model = make_model(), make_model()
+    eager = cls(eager_model.parameters(), fused=True, master_weights=master, **hp)
+    opt = cls(graph_model.parameters(), fused=True, master_weights=master, **hp)
+    static_x, static_y = batches[0][0].clone(), batches[0][1].clone()
+
+    n_warmup = 3
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for x, y in batches[:n_warmup]:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            opt.zero_grad(set_to_none=True)
+            train_step(graph_model, opt, static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = train_step(graph_model, opt, static_x, static_y)
+    graph_losses = []
+    for x, y in batches[n_warmup:]:
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        graph_losses.append(static_loss.clone())
+
+    eager_losses = []
+    for i, (x, y) in enumerate(batches):
+        eager.zero_grad(set_to_none=True)
+        loss = train_step(eager_model, eager, x, y)
+        if i >= n_warmup:
+            eager_losses.append(loss.detach().clone())
+    torch.cuda.synchronize()
+
+    torch.testing.assert_close(torch.stack(graph_losses), torch.stack(eager_losses), rtol=1e-5, atol=1e-6)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == F32 else dict(rtol=2**-7, atol=1e-4)
+    for a, b in zip(graph_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+    sa, sb = _all_state(opt), _all_state(eager)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}\n{m}")
+    if cls is AdamL:
+        assert float(opt.state[next(graph_model.parameters())]["step"]) == len(batches)
+
+
 # ----------------------------------------------------------------------------- path selection
 
 
