@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from conftest import (OPTS, PATHS, assert_unchanged, clone_params, make_grads, make_params,
+from conftest import (OPTS, PATH_KWARGS, PATHS, assert_unchanged, clone_params, make_grads, make_params,
                       make_opt, set_grads, snapshot)
 from lossopt_cuda import AdaLo, AdaLoss, AdamL
 
@@ -145,3 +145,45 @@ def test_the_ops_refuse_masters_for_float32_parameters():
         torch.ops.lossopt.adalo_([p], [torch.ones(4)], [exp_avg], [m], scalars, 0.9, 0.0)
     assert torch.equal(p, torch.zeros(4)) and torch.equal(m, torch.ones(4))
     assert torch.equal(exp_avg, torch.zeros(4))
+
+
+def _doc_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _doc_batches():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 10, generator=gen), torch.randint(0, 3, (8,), generator=gen))
+            for _ in range(6)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_doc_float16_master_weights_with_grad_scaler(path):
+    """The snippet of docs/training.md ("Mixed precision"): float16 parameters,
+    float32 masters, torch.amp.GradScaler. It trains as without a scaler, to
+    float16 gradient rounding (the scaled backward keeps small gradients that
+    float16 flushes otherwise, so not bit for bit); a scale left in the
+    gradients would make AdaLoss's steps 16 times too large."""
+    def train(use_scaler):
+        model = _doc_model().to(torch.float16)
+        opt = AdaLoss(model.parameters(), lr=0.1, master_weights=True, **PATH_KWARGS[path])
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, enabled=use_scaler)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for x, y in _doc_batches():
+            opt.zero_grad()
+            loss = loss_fn(model(x.half()).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt, loss=loss)  # the unscaled loss
+            scaler.update()
+        return model, opt
+
+    (scaled, opt_s), (plain, opt_p) = train(True), train(False)
+    start = _doc_model().to(torch.float16)
+    for a, b, p0 in zip(scaled.parameters(), plain.parameters(), start.parameters()):
+        master_s, master_p = opt_s.state[a]["master_param"], opt_p.state[b]["master_param"]
+        moved = (master_p - p0.float()).abs().max()
+        assert moved > 1e-3
+        torch.testing.assert_close(master_s, master_p, rtol=0, atol=0.02 * float(moved))
+        assert torch.equal(a.detach(), master_s.half())
+    assert opt_s.skipped_steps == 0
