@@ -9,10 +9,15 @@
 
 namespace lossopt {
 
-// Element i of `t` and of `like` sit at the same flat offset. Strides of size-1
-// dimensions do not matter, hence the contiguity shortcut.
+// Element i of `t` and of `like` (same sizes) sit at the same flat offset:
+// equal strides wherever a dimension has more than one element (autograd
+// leaves the strides of size-1 dimensions as they fall).
 inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
-  return (t.is_contiguous() && like.is_contiguous()) || t.strides() == like.strides();
+  if (t.is_contiguous() && like.is_contiguous()) return true;
+  for (int64_t d = 0; d < like.dim(); ++d) {
+    if (like.size(d) > 1 && t.stride(d) != like.stride(d)) return false;
+  }
+  return true;
 }
 
 // params, grads and each state list: same length; per index, tensors on the

@@ -80,9 +80,10 @@ class LossDrivenOptimizer(Optimizer):
     """Base class of optimizers whose step size is set by the current loss.
 
     Subclasses set ``_forloop`` / ``_foreach`` / ``_fused`` (the per-element
-    update on each path, all with the same arguments) and
+    update on each path), ``_group_state_keys`` and ``_scalar_names``, and
     implement ``_validate``, ``_init_group_state``, ``_param_state_keys``,
-    ``_loss_is_valid`` and ``_advance``.
+    ``_loss_is_valid``, ``_advance`` (the scalar step in torch ops),
+    ``_advance_op``, ``_hyper`` (the same step compiled) and ``_update_args``.
     """
 
     _forloop: UpdateFn
@@ -122,11 +123,8 @@ class LossDrivenOptimizer(Optimizer):
         self.master_weights = bool(master_weights)
         self.process_group = process_group
         self._skips = SkipCounter(name)
+        self._group_dtypes: Dict[torch.device, Dict[str, torch.dtype]] = {}
         super().__init__(params, defaults)
-        if fused:  # fail at construction, not at the first step
-            for group in self.param_groups:
-                for p in group["params"]:
-                    self._choose_impl(p.device, p.dtype)
 
     # ------------------------------------------------------------------ rule hooks
 
@@ -170,9 +168,16 @@ class LossDrivenOptimizer(Optimizer):
     # ------------------------------------------------------------------ public API
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a group; its hyper-parameters are checked before it is added."""
+        """Add a group; its hyper-parameters (and with ``fused=True``, that the
+        kernels can run its parameters) are checked before it is added."""
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._validate(merged)
+        params = param_group["params"]
+        if self.fused and not isinstance(params, set):  # torch.optim refuses sets itself
+            if not isinstance(params, Tensor):
+                params = param_group["params"] = list(params)  # a generator: read it once
+            for p in [params] if isinstance(params, Tensor) else params:
+                self._choose_impl(p.device, p.dtype)  # fail now, not at a later step
         super().add_param_group(param_group)
 
     @property
@@ -231,9 +236,12 @@ class LossDrivenOptimizer(Optimizer):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a checkpoint from any path; shapes are checked before anything changes.
 
-        State tensors keep their saved dtype (torch.optim would cast them to the
-        parameter's dtype, which breaks fp32 state of bf16 parameters and the
-        float64 ``b_sq``) and move to their parameter's device.
+        State tensors move to their parameter's device and are not cast to the
+        parameter's dtype (torch.optim's rule, which would break float32 state
+        of bf16 parameters and the float64 ``b_sq``). Saved in another dtype
+        than this optimizer keeps them in (say, float64 state from float64
+        parameters loaded for float32 ones), they take it: the group scalars
+        here, the per-parameter state at the next step.
         """
         saved_groups = state_dict.get("param_groups", [])
         if len(saved_groups) != len(self.param_groups):
@@ -269,22 +277,21 @@ class LossDrivenOptimizer(Optimizer):
                 for k, v in pstate.items()
             }
         for group in self.param_groups:
-            self._cast_group_state(group)
+            first = group["params"][0] if group["params"] else None
+            if first is not None and all(k in self.state.get(first, {}) for k in self._group_state_keys):
+                self._cast_group_state(self.state[first], group, first.device)
 
-    def _cast_group_state(self, group: Dict[str, Any]) -> None:
-        """Loaded group scalars take the dtypes this optimizer creates them in
-        on their device (a checkpoint from MPS has float32 ``b_sq``; the
-        compiled advance ops take float64)."""
-        if not group["params"] or group["params"][0] not in self.state:
-            return
-        first = group["params"][0]
-        state = self.state[first]
-        if not all(k in state for k in self._group_state_keys):
-            return
-        fresh = self._init_group_state(group, first.device)
-        for k in self._group_state_keys:
-            if state[k].dtype != fresh[k].dtype:
-                state[k] = state[k].to(fresh[k].dtype)
+    def _cast_group_state(self, state: Dict[str, Any], group: Dict[str, Any], device: torch.device) -> None:
+        """Give the group scalars the dtypes this optimizer creates them in on
+        ``device`` (a checkpoint from MPS has float32 ``b_sq``; the compiled
+        advance ops take float64), so that no step fails half-way on them."""
+        dtypes = self._group_dtypes.get(device)
+        if dtypes is None:
+            fresh = self._init_group_state(group, device)
+            dtypes = self._group_dtypes[device] = {k: v.dtype for k, v in fresh.items()}
+        for k, dtype in dtypes.items():
+            if state[k].dtype != dtype:
+                state[k] = state[k].to(dtype)
 
     # ------------------------------------------------------------------ internals
 
@@ -342,7 +349,11 @@ class LossDrivenOptimizer(Optimizer):
         first = group["params"][0]
         state = self.state[first]
         if not all(k in state for k in self._group_state_keys):
-            state.update(self._init_group_state(group, first.device))
+            fresh = self._init_group_state(group, first.device)
+            self._group_dtypes.setdefault(first.device, {k: v.dtype for k, v in fresh.items()})
+            state.update(fresh)
+        else:
+            self._cast_group_state(state, group, first.device)
         return state
 
     def _advances_on_device(
@@ -408,7 +419,9 @@ class LossDrivenOptimizer(Optimizer):
         inv_grad_scale: Optional[Tensor] = None,
     ) -> None:
         """Step a group on the host-driven path: scalars from ``_advance``
-        (torch ops), the update from the for-loop or foreach functions."""
+        (torch ops), the update from the for-loop or foreach functions (with
+        ``fused=True`` it is never taken: every parameter's device has kernels,
+        checked when the group was added)."""
         gstate = self._group_state(group)
         gdevice = group["params"][0].device
         scalars = self._advance(group, gstate, _place(loss, gdevice), _place(valid, gdevice))
@@ -442,10 +455,13 @@ class LossDrivenOptimizer(Optimizer):
         masters = []
         for p in params:
             state = self.state[p]
-            if "master_param" not in state:
-                state["master_param"] = torch.empty_like(
+            master = state.get("master_param")
+            if master is None:
+                master = state["master_param"] = torch.empty_like(
                     p, dtype=torch.float32, memory_format=torch.preserve_format).copy_(p.detach())
-            masters.append(state["master_param"])
+            elif master.dtype != torch.float32:
+                master = state["master_param"] = master.float()
+            masters.append(master)
         return _local_all(masters) if _any_dtensor(masters) else masters
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
@@ -453,6 +469,8 @@ class LossDrivenOptimizer(Optimizer):
         value = state.get(key)
         if value is None:
             value = state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        elif value.dtype != dtype:  # loaded from parameters of another dtype
+            value = state[key] = value.to(dtype)
         return value
 
 

@@ -71,11 +71,17 @@ def _dense(t: Tensor) -> bool:
 def _walkable(p: Tensor, g: Tensor, states: Sequence[Tensor]) -> bool:
     """What csrc/checks.h asks of a parameter: walkable as flat memory, with
     its gradient and states laid out alike."""
-    if g.dtype != p.dtype:
+    if g.dtype != p.dtype or not _dense(p):
         return False
-    if p.is_contiguous():  # the common case, checked first because it is cheap
-        return g.is_contiguous() and all(s.is_contiguous() for s in states)
-    return _dense(p) and g.stride() == p.stride() and all(s.stride() == p.stride() for s in states)
+    return _same_layout(g, p) and all(_same_layout(s, p) for s in states)
+
+
+def _same_layout(t: Tensor, like: Tensor) -> bool:
+    """csrc/checks.h's same_layout: equal strides where a dimension has more
+    than one element (autograd leaves the strides of size-1 dimensions as they fall)."""
+    if t.is_contiguous() and like.is_contiguous():
+        return True
+    return all(a == b for a, b, n in zip(t.stride(), like.stride(), like.shape) if n > 1)
 
 
 def _launch(

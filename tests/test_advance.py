@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lossopt_cuda
-from conftest import HAS_CPU_KERNELS, assert_unchanged, clone_params, make_grads, make_params, set_grads, snapshot
+from conftest import HAS_CPU_KERNELS, clone_params, make_grads, make_params, set_grads
 from lossopt_cuda import AdaLo, AdaLoss, AdamL, _build, _fused
 
 pytestmark = pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no compiled kernels")
@@ -194,21 +194,36 @@ def test_tensor_lr_on_the_fused_path(cls, lr_dtype, gen):
 
 
 @pytest.mark.parametrize("cls", [AdaLo, AdamL, AdaLoss], ids=lambda c: c.__name__)
-def test_a_refused_step_on_the_fused_path_changes_nothing(cls, gen):
-    """Group state of the wrong dtype (a hand-edited checkpoint) is refused by
-    the advance op before anything, parameters included, is written."""
-    params = make_params(torch.float32, 4, [(3, 4), (5,)])
-    opt = cls(params, fused=True)
-    set_grads(params, make_grads(params, gen))
-    opt.step(loss=1.0)
-    state = opt.state[params[0]]
-    key = opt._group_state_keys[0]
-    state[key] = state[key].to(torch.float16)
-    snap = snapshot(opt, params)
-    set_grads(params, make_grads(params, gen))
-    with pytest.raises(RuntimeError, match="group state"):
+def test_state_of_another_dtype_is_cast_before_the_step(cls, gen):
+    """Group scalars and per-parameter state edited to another dtype (in the
+    second of two groups) are cast back before anything is stepped, so no step
+    fails half-way; the result equals foreach on the same edited state."""
+    params = make_params(torch.float32, 4, [(3, 4), (5,), (2, 2), (7,)])
+    twins = clone_params(params)
+    opts = [cls([{"params": ps[:2]}, {"params": ps[2:]}], **kw) for ps, kw in
+            ((params, dict(fused=True)), (twins, dict(foreach=True, fused=False)))]
+    grads = make_grads(params, gen)
+    for ps, opt in zip((params, twins), opts):
+        set_grads(ps, grads)
+        opt.step(loss=1.0)
+        state = opt.state[ps[2]]
+        key = opt._group_state_keys[0]
+        state[key] = state[key].to(torch.float16)
+        for k in opt._param_state_keys(opt.param_groups[1]):
+            state[k] = state[k].to(F64)
+    grads = make_grads(params, gen)
+    for ps, opt in zip((params, twins), opts):
+        set_grads(ps, grads)
         opt.step(loss=torch.tensor(0.5))
-    assert_unchanged(opt, params, snap, f"{cls.__name__} refused step")
+    fused, ref = opts
+    for p, t in zip(params, twins):
+        torch.testing.assert_close(p, t, rtol=1e-6, atol=1e-7)
+        for k, v in ref.state[t].items():
+            assert fused.state[p][k].dtype == v.dtype, k
+            torch.testing.assert_close(fused.state[p][k], v, rtol=1e-6, atol=1e-7)
+    fresh = fused._init_group_state(fused.param_groups[1], torch.device("cpu"))
+    for k in fused._group_state_keys:
+        assert fused.state[params[2]][k].dtype == fresh[k].dtype, k
 
 
 @pytest.mark.parametrize("cls", [AdaLo, AdamL, AdaLoss], ids=lambda c: c.__name__)

@@ -415,6 +415,21 @@ def test_fused_true_on_a_device_without_kernels_raises_at_construction(cls):
         cls([p], fused=True)
 
 
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no compiled kernels")
+@pytest.mark.parametrize("cls", [AdaLo, AdamL, AdaLoss])
+def test_fused_true_refuses_a_group_without_kernels_when_it_is_added(cls):
+    """add_param_group checks it too (a generator of parameters included), so
+    that no later step fails half-way; the optimizer keeps its groups."""
+    opt = cls(make_params(torch.float32, 0), fused=True)
+    meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    with pytest.raises(RuntimeError, match="fused=True"):
+        opt.add_param_group({"params": (q for q in [meta])})
+    assert len(opt.param_groups) == 1
+    extra = make_params(torch.float32, 1, [(4,)])
+    opt.add_param_group({"params": (q for q in extra)})
+    assert opt.param_groups[1]["params"] == extra
+
+
 # ----------------------------------------------------------------------------
 # Constructor signature and defaults
 # ----------------------------------------------------------------------------

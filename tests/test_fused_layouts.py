@@ -66,3 +66,26 @@ def test_unwalkable_parameters_take_foreach_in_the_same_step(name, gen):
         for key, value in ref.state[t].items():
             torch.testing.assert_close(opt.state[p][key], value, rtol=1e-6, atol=1e-7, msg=f"{name} {key}")
     assert opt.skipped_steps == ref.skipped_steps == 1
+
+
+@pytest.mark.parametrize("name", list(OPTS))
+def test_size_one_dimension_strides_do_not_matter(name, gen):
+    """Autograd leaves the strides of size-1 dimensions as they fall: a
+    gradient that differs from its parameter only there is walked by the kernel."""
+    cls = OPTS[name]
+    p = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64).float().permute(2, 1, 0)
+    p = p.detach().requires_grad_()  # shape (4, 1, 3), strides (1, 4, 4)
+    twin = p.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    opt = cls([p], fused=True, **HP[name])
+    ref = cls([twin], foreach=True, fused=False, **HP[name])
+    foreach = getattr(_reference, f"{cls.__name__.lower()}_foreach")
+    for loss in [1.4, 0.9]:
+        g = torch.empty_strided((4, 1, 3), (1, 1, 4))
+        g.copy_(torch.randn(4, 1, 3, generator=gen))
+        assert g.stride() != p.stride()
+        p.grad, twin.grad = g, g.clone()
+        with mock.patch.object(_reference, foreach.__name__, wraps=foreach) as spy:
+            opt.step(loss=torch.tensor(loss))
+        assert spy.call_count == 0, "the kernel refused a walkable parameter"
+        ref.step(loss=torch.tensor(loss))
+    torch.testing.assert_close(p, twin, rtol=1e-6, atol=1e-7)

@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from lossopt_cuda import AdaLo, AdaLoss, AdamL
+from lossopt_cuda import AdaLo
 
 from conftest import (CROSS_TOL, OPTS, PATHS, REF, assert_params_match_ref,
                       assert_state_matches_ref, assert_unchanged, clone_params,
@@ -308,3 +308,37 @@ def test_adalo_ignores_lr(path, gen):
     for a, b in zip(pa, pb):
         assert torch.equal(a, b)
     assert_params_match_ref(pa, ref)
+
+
+@pytest.mark.parametrize("dst", PATHS)
+@pytest.mark.parametrize("name", list(OPTS))
+def test_state_of_float64_parameters_resumes_for_float32_ones(name, dst, gen):
+    """A checkpoint taken with float64 parameters (float64 state) loads into an
+    optimizer of float32 parameters: the state takes float32 at the next step,
+    on every path, and training goes on as from a float32 checkpoint."""
+    cls = OPTS[name]
+    params64 = make_params(torch.float64, 21, [(4, 3), (5,)])
+    src = cls(params64, foreach=True, fused=False)
+    set_grads(params64, make_grads(params64, gen))
+    src.step(loss=1.5)
+    sd64 = src.state_dict()
+    sd32 = copy.deepcopy(sd64)
+    for pstate in sd32["state"].values():
+        for k, v in pstate.items():
+            if torch.is_tensor(v) and v.dtype == torch.float64 and k not in cls._group_state_keys:
+                pstate[k] = v.float()
+    a = [p.detach().float().requires_grad_() for p in params64]
+    b = clone_params(a)
+    opt_a, opt_b = make_opt(cls, a, dst), make_opt(cls, b, dst)
+    opt_a.load_state_dict(sd64)
+    opt_b.load_state_dict(sd32)
+    grads = make_grads(a, gen)
+    set_grads(a, grads)
+    set_grads(b, grads)
+    opt_a.step(loss=torch.tensor(0.8))
+    opt_b.step(loss=torch.tensor(0.8))
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        for k, v in opt_b.state[q].items():
+            assert opt_a.state[p][k].dtype == v.dtype, k
+            assert torch.equal(opt_a.state[p][k], v), k

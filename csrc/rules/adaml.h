@@ -48,6 +48,17 @@ struct AdamLGroup {
 
   LOSSOPT_HD static bool loss_valid(double loss) { return is_finite(loss); }
 
+  // x ** e as torch computes it for a tensor and a Python float, in its
+  // special cases (a product is correctly rounded, pow need not be). Other
+  // exponents may differ from torch in the last bit.
+  LOSSOPT_HD static double torch_pow(double x, double e) {
+    if (e == 0.0) return 1.0;
+    if (e == 1.0) return x;
+    if (e == 2.0) return x * x;
+    if (e == 3.0) return x * x * x;
+    return pow(x, e);
+  }
+
   LOSSOPT_HD static void advance(double loss, bool valid, double lr, const double* h,
                                  void* const* state, double* out) {
     float* step_state = static_cast<float*>(state[0]);
@@ -62,7 +73,7 @@ struct AdamLGroup {
       *loss0_state = loss0;
     }
     const double l = clamp_min(h[kNormalize] != 0.0 ? gap / loss0 : gap, kAdamLMinGap);
-    const double s = 1.0 / (h[kGamma] * pow(l, h[kPhi]));
+    const double s = 1.0 / (h[kGamma] * torch_pow(l, h[kPhi]));
     const double k = new_step;
     out[kAdamLLr] = lr;
     out[kAdamLGradSqScale] = (1.0 - h[kBeta2]) * s;

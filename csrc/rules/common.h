@@ -27,8 +27,10 @@ constexpr int kMaxScalars = 8;
 // Each rule also says how the loss advances its per-group scalar state (a few
 // 0-d tensors: AdaLo's loss EMA, AdamL's step count and first gap, AdaLoss's
 // b^2) and fills the scalar vector from it, in double precision, mirroring the
-// Python in lossopt_cuda/<rule>.py operation for operation. The host calls it
-// on the CPU, a one-thread kernel on the GPU (csrc/advance.h drives both).
+// Python in lossopt_cuda/<rule>.py operation for operation (equal to the bit
+// but where torch's pow or nvcc's fused multiply-adds round otherwise). The
+// host calls it on the CPU, a one-thread kernel on the GPU (csrc/advance.h
+// drives both).
 constexpr int kMaxGroupState = 2;
 constexpr int kMaxHyper = 8;
 
