@@ -22,19 +22,26 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 
-class EAdam(Optimizer):
-    r"""EAdam (Yuan and Gao 2020)::
+class _EpsInsideAdam(Optimizer):
+    r"""Adam with epsilon added inside the second-moment recursion, the loop
+    EAdam and AdaBelief share; a subclass says what is squared into it::
 
         m = beta1 m + (1 - beta1) g
-        v = beta2 v + (1 - beta2) g^2 + eps        # eps inside the recursion
+        v = beta2 v + (1 - beta2) d^2 + eps        # d: _deviation(g, m)
         p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
     """
+
+    _second_moment = "exp_avg_sq"  # the state key of v
 
     def __init__(
         self, params: Iterable[Tensor], lr: float = 1e-3,
         betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
     ) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @staticmethod
+    def _deviation(grad: Tensor, exp_avg: Tensor) -> Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -51,56 +58,35 @@ class EAdam(Optimizer):
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    state[self._second_moment] = torch.zeros_like(p)
                 state["step"] += 1
                 t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m, v = state["exp_avg"], state[self._second_moment]
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2).add_(group["eps"])
+                d = self._deviation(p.grad, m)
+                v.mul_(beta2).addcmul_(d, d, value=1 - beta2).add_(group["eps"])
                 denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
                 p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**t))
         return loss
 
 
-class AdaBeliefPaper(Optimizer):
-    r"""AdaBelief (Zhuang et al. 2020, no rectification, no weight decay)::
+class EAdam(_EpsInsideAdam):
+    """EAdam (Yuan and Gao 2020): ``d = g``, Adam's second moment with eps inside."""
 
-        m = beta1 m + (1 - beta1) g
-        s = beta2 s + (1 - beta2) (g - m)^2 + eps
-        p = p - lr * (m / (1 - beta1^t)) / (sqrt(s / (1 - beta2^t)) + eps)
-    """
+    @staticmethod
+    def _deviation(grad: Tensor, exp_avg: Tensor) -> Tensor:
+        return grad
 
-    def __init__(
-        self, params: Iterable[Tensor], lr: float = 1e-3,
-        betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-    ) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_var"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, s = state["exp_avg"], state["exp_avg_var"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                residual = p.grad - m
-                s.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(group["eps"])
-                denom = (s / (1 - beta2**t)).sqrt_().add_(group["eps"])
-                p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**t))
-        return loss
+class AdaBeliefPaper(_EpsInsideAdam):
+    """AdaBelief (Zhuang et al. 2020, no rectification, no weight decay):
+    ``d = g - m``, the belief in the gradient."""
+
+    _second_moment = "exp_avg_var"
+
+    @staticmethod
+    def _deviation(grad: Tensor, exp_avg: Tensor) -> Tensor:
+        return grad - exp_avg
 
 
 def adabelief_source() -> str:
