@@ -36,6 +36,8 @@ except ImportError:  # torch built without distributed support
     _DTensor = None
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
+#: Loss dtypes the compiled advance ops read as they are.
+_OP_LOSS_DTYPES = (torch.float32, torch.float64)
 #: Parameter dtypes that ``master_weights=True`` gives float32 master copies.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 UpdateFn = Callable[..., None]
@@ -208,9 +210,12 @@ class LossDrivenOptimizer(Optimizer):
             if not bool(self._loss_is_valid(torch.tensor(float(given), dtype=torch.float64))):
                 self._skips.record_host()
                 return given
-        loss_t = loss_to_device(given, home)
         if averaging:
-            loss_t = average_across_ranks(loss_t, self.process_group)
+            loss_t = average_across_ranks(loss_to_device(given, home), self.process_group)
+        elif isinstance(given, Tensor) and given.device == home and given.dtype in _OP_LOSS_DTYPES:
+            loss_t = given  # the advance ops read it where it is (widened below for the host path)
+        else:
+            loss_t = loss_to_device(given, home)
         # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
         amp = _AmpFlags(getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
 
@@ -224,6 +229,7 @@ class LossDrivenOptimizer(Optimizer):
                 self._step_group_fused(group, buckets, vector)
             else:
                 if host_scalars is None:
+                    loss_t = loss_to_device(loss_t, home)  # float64, detached
                     valid = self._loss_is_valid(loss_t)
                     if not counted:  # overflowed gradients are the scaler's to count
                         self._skips.record(~valid)

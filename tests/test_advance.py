@@ -64,8 +64,9 @@ def _ulps_close(a: float, b: float, ulps: int = 2) -> bool:
 def test_advance_op_matches_the_python_advance(cls):
     @given(hp=HYPER[cls], losses=st.lists(LOSSES, min_size=1, max_size=12),
            overflow=st.lists(st.booleans(), min_size=12, max_size=12),
-           scale=st.sampled_from([None, 1.0, 2.0**-7, 65536.0]))
-    def check(hp, losses, overflow, scale):
+           scale=st.sampled_from([None, 1.0, 2.0**-7, 65536.0]),
+           loss_dtype=st.sampled_from([F64, torch.float32]))
+    def check(hp, losses, overflow, scale, loss_dtype):
         opt = cls([torch.zeros(3, requires_grad=True)], **hp)
         group = opt.param_groups[0]
         host = opt._init_group_state(group, torch.device("cpu"))
@@ -73,14 +74,15 @@ def test_advance_op_matches_the_python_advance(cls):
         skips = torch.zeros((), dtype=torch.int64)
         expected_skips = 0
         for i, value in enumerate(losses):
-            loss = torch.tensor(value, dtype=F64)
+            loss = torch.tensor(value, dtype=loss_dtype)  # the op reads float32 losses as they are
             found_inf = torch.tensor(float(overflow[i])) if scale is not None else None
             grad_scale = torch.tensor(scale, dtype=torch.float32) if scale is not None else None
 
-            loss_ok = bool(opt._loss_is_valid(loss))
+            loss64 = loss.double()  # the host path works in float64
+            loss_ok = bool(opt._loss_is_valid(loss64))
             valid = loss_ok and not (found_inf is not None and bool(found_inf))
             expected_skips += not loss_ok
-            kwargs = opt._advance(group, host, loss, torch.tensor(valid))
+            kwargs = opt._advance(group, host, loss64, torch.tensor(valid))
 
             vector = _fused.advance(
                 opt._advance_op(), loss, [dev[k] for k in opt._group_state_keys],
