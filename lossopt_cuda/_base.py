@@ -355,11 +355,8 @@ class LossDrivenOptimizer(Optimizer):
         first = group["params"][0]
         state = self.state[first]
         if not all(k in state for k in self._group_state_keys):
-            fresh = self._init_group_state(group, first.device)
-            self._group_dtypes.setdefault(first.device, {k: v.dtype for k, v in fresh.items()})
-            state.update(fresh)
-        else:
-            self._cast_group_state(state, group, first.device)
+            state.update(self._init_group_state(group, first.device))
+        self._cast_group_state(state, group, first.device)
         return state
 
     def _advances_on_device(
@@ -398,23 +395,14 @@ class LossDrivenOptimizer(Optimizer):
         keys = self._param_state_keys(group)
         args = self._update_args(group)
         for (device, dtype), params in buckets.items():
-            cdtype = compute_dtype(dtype)
-            states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
             update = self._choose_impl(device, dtype)
             local_vector = _place(vector, device)
-            params_local = params
-            grads = [p.grad for p in params]
-            master = self._master_weights(params)
-            if _any_dtensor(params):
-                params_local, grads = _local_all(params), _local_all(grads)
-                states = {k: _local_all(v) for k, v in states.items()}
+            params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
-                update(params_local, grads, scalars=local_vector, master=master, **states, **args)
-                continue
-            # A bucket without kernels (say float64 on CUDA) in a fused group.
-            kwargs = _fused.scalar_kwargs(local_vector, self._scalar_names, cdtype)
-            grads = unscale_grads(grads, kwargs.pop("inv_grad_scale"))
-            update_params(update, params_local, master, grads, states, {**kwargs, **args})
+                update(params, grads, scalars=local_vector, master=master, **states, **args)
+            else:  # a bucket without kernels (say float64 on CUDA) in a fused group
+                _fused.host_update(update, self._scalar_names, params, master, grads, states,
+                                   local_vector, args)
 
     def _step_group(
         self,
@@ -435,27 +423,35 @@ class LossDrivenOptimizer(Optimizer):
         keys = self._param_state_keys(group)
         for (device, dtype), params in buckets.items():
             cdtype = compute_dtype(dtype)
-            states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
             kwargs = {k: _to_bucket(v, device, cdtype) for k, v in scalars.items()}
             update = self._choose_impl(device, dtype, kernels=False)
-            grads = [p.grad for p in params]
+            params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if inv_grad_scale is not None:
                 grads = unscale_grads(grads, _to_bucket(inv_grad_scale, device, cdtype))
-            # DTensor parameters (FSDP2, tensor parallelism): every update is
-            # elementwise given the group's scalars, so each rank steps its own shard.
-            update_params(
-                update,
-                [_local(p) for p in params],
-                self._master_weights(params),
-                [_local(g) for g in grads],
-                {k: [_local(s) for s in v] for k, v in states.items()},
-                {"valid": _place(valid, device), **kwargs},
-            )
+            update_params(update, params, master, grads, states,
+                          {"valid": _place(valid, device), **kwargs})
+
+    def _bucket_tensors(
+        self, params: List[Tensor], keys: Tuple[str, ...], dtype: torch.dtype
+    ) -> Tuple[List[Tensor], List[Tensor], Dict[str, List[Tensor]], Optional[List[Tensor]]]:
+        """A bucket's parameters, gradients, states (created at the first step)
+        and master weights (None without them), as the updates take them.
+        DTensor parameters (FSDP2, tensor parallelism) become their local
+        shards: every update is elementwise given the group's scalars, so each
+        rank steps its own shard."""
+        cdtype = compute_dtype(dtype)
+        states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
+        grads = [p.grad for p in params]
+        master = self._master_weights(params)
+        if _any_dtensor(params):
+            params, grads = _local_all(params), _local_all(grads)
+            states = {k: _local_all(v) for k, v in states.items()}
+            master = None if master is None else _local_all(master)
+        return params, grads, states, master
 
     def _master_weights(self, params: List[Tensor]) -> Optional[List[Tensor]]:
-        """The float32 master weights of a float16/bfloat16 bucket (local
-        shards), created from the parameters at their first step; None
-        without ``master_weights``."""
+        """The float32 master weights of a float16/bfloat16 bucket, created
+        from the parameters at their first step; None without ``master_weights``."""
         if not self.master_weights or params[0].dtype not in LOW_PRECISION:
             return None
         masters = []
@@ -468,7 +464,7 @@ class LossDrivenOptimizer(Optimizer):
             elif master.dtype != torch.float32:
                 master = state["master_param"] = master.float()
             masters.append(master)
-        return _local_all(masters) if _any_dtensor(masters) else masters
+        return masters
 
     def _param_state(self, p: Tensor, key: str, dtype: torch.dtype) -> Tensor:
         state = self.state[p]
@@ -502,17 +498,14 @@ class _AmpFlags:
         return valid, 1 / _place(self.grad_scale, home).to(scalar_dtype(home))
 
 
-def _local(t: Tensor) -> Tensor:
-    """The rank's own shard of a DTensor (a view: updates to it update the DTensor)."""
-    return t.to_local() if _DTensor is not None and isinstance(t, _DTensor) else t
-
-
 def _any_dtensor(ts: List[Tensor]) -> bool:
     return _DTensor is not None and any(isinstance(t, _DTensor) for t in ts)
 
 
 def _local_all(ts: List[Tensor]) -> List[Tensor]:
-    return [_local(t) for t in ts]
+    """The rank's own shards of DTensors (views: updates to them update the
+    DTensors); other tensors as they are."""
+    return [t.to_local() if _DTensor is not None and isinstance(t, _DTensor) else t for t in ts]
 
 
 def _place(t: Tensor, device: torch.device) -> Tensor:

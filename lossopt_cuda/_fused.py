@@ -84,6 +84,24 @@ def _same_layout(t: Tensor, like: Tensor) -> bool:
     return all(a == b for a, b, n in zip(t.stride(), like.stride(), like.shape) if n > 1)
 
 
+def host_update(
+    update: Callable[..., None],
+    names: Sequence[str],
+    params: List[Tensor],
+    master: Optional[List[Tensor]],
+    grads: List[Tensor],
+    states: Dict[str, List[Tensor]],
+    scalars: Tensor,
+    args: Dict[str, float],
+) -> None:
+    """Run a for-loop or foreach ``update`` with the scalars of the vector
+    ``scalars`` (the gradients unscaled first): for parameters the kernels do
+    not take, in a group whose scalars were advanced by the compiled op."""
+    kwargs = scalar_kwargs(scalars, names, _reference.compute_dtype(params[0].dtype))
+    grads = unscale_grads(grads, kwargs.pop("inv_grad_scale"))
+    _reference.update_params(update, params, master, grads, states, {**kwargs, **args})
+
+
 def _launch(
     op: Callable[..., None],
     fallback: Callable[..., None],
@@ -96,12 +114,23 @@ def _launch(
     args: Dict[str, float],
 ) -> None:
     masters = master if master is not None else []
+
+    def run(update: Callable[..., None], index: Optional[List[int]] = None) -> None:
+        """``update`` (the op, or the fallback) on the parameters at ``index`` (all: None)."""
+        def pick(ts: List[Tensor]) -> List[Tensor]:
+            return ts if index is None or not ts else [ts[i] for i in index]
+        if update is op:
+            op(pick(params), pick(grads), *map(pick, states.values()), pick(masters), scalars,
+               *args.values())
+        else:
+            host_update(update, names, pick(params), pick(master) if master is not None else None,
+                        pick(grads), {k: pick(v) for k, v in states.items()}, scalars, args)
+
     if not torch.compiler.is_compiling():
         # The op checks walkability itself before writing anything, faster
         # than Python can; a fake (traced) op cannot, hence the check below.
         try:
-            op(params, grads, *states.values(), masters, scalars, *args.values())
-            return
+            return run(op)
         except NotImplementedError:  # some tensor is not walkable (csrc/checks.h)
             pass
     dense = [
@@ -109,29 +138,11 @@ def _launch(
         for i, (p, g) in enumerate(zip(params, grads))
     ]
     if all(dense):
-        op(params, grads, *states.values(), masters, scalars, *args.values())
-        return
-    rest = [i for i, ok in enumerate(dense) if not ok]
-    kwargs = scalar_kwargs(scalars, names, _reference.compute_dtype(params[rest[0]].dtype))
-    inv_grad_scale = kwargs.pop("inv_grad_scale")
-    _reference.update_params(
-        fallback,
-        [params[i] for i in rest],
-        [masters[i] for i in rest] if master is not None else None,
-        unscale_grads([grads[i] for i in rest], inv_grad_scale),
-        {k: [v[i] for i in rest] for k, v in states.items()},
-        {**kwargs, **args},
-    )
+        return run(op)
+    run(fallback, [i for i, ok in enumerate(dense) if not ok])
     keep = [i for i, ok in enumerate(dense) if ok]
     if keep:
-        op(
-            [params[i] for i in keep],
-            [grads[i] for i in keep],
-            *[[v[i] for i in keep] for v in states.values()],
-            [masters[i] for i in keep] if master is not None else [],
-            scalars,
-            *args.values(),
-        )
+        run(op, keep)
 
 
 def adalo_fused(
