@@ -79,10 +79,12 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
            std::initializer_list<at::TensorList> state_lists, at::TensorList master,
            const at::Tensor& scalars, int64_t n_scalars, const Args& args) {
   check_lists(op, params, grads, state_lists, master, scalars, n_scalars);
-  if (params.empty()) return;
   constexpr int K = Rule<float>::kStates;
   const std::vector<at::TensorList> states(state_lists);
   TORCH_CHECK(static_cast<int>(states.size()) == K, op, ": expected ", K, " state lists");
+  const double* scalars64 = scalars.data_ptr<double>();
+  // Nothing to step, or a bad loss or overflowed gradients: change nothing.
+  if (params.empty() || scalars64[kValid] == 0.0) return;
 
   std::vector<Chunk> chunks;
   for (size_t t = 0; t < params.size(); ++t) {
@@ -90,8 +92,6 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
     for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({t, b, std::min(n, b + kChunk)});
   }
 
-  const double* scalars64 = scalars.data_ptr<double>();
-  if (scalars64[kValid] == 0.0) return;  // a bad loss or overflowed gradients: change nothing
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "lossopt_cpu", [&] {
     using S = at::opmath_type<scalar_t>;
     // Rounded to the math type first, as the foreach path rounds them.
