@@ -6,10 +6,16 @@
 #include <cmath>
 #include <cstdint>
 
+// LOSSOPT_HD marks what the GPU and the host both run: the rules, and the
+// kernels' per-thread bodies, which the host test of the kernels
+// (tests/cpp/) runs on the CPU. LOSSOPT_UNROLL is nvcc's `#pragma unroll`
+// (host compilers would warn about it).
 #if defined(__CUDACC__)
 #define LOSSOPT_HD __host__ __device__ __forceinline__
+#define LOSSOPT_UNROLL _Pragma("unroll")
 #else
 #define LOSSOPT_HD inline
+#define LOSSOPT_UNROLL
 #endif
 
 namespace lossopt {

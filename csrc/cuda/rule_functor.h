@@ -1,0 +1,161 @@
+// What one thread of the fused update does: apply a per-element rule
+// (csrc/rules/*.h, V = float) to its share of one block's chunk. A
+// __host__ __device__ function that is given its position (block, thread,
+// block size; mta::Position): the CUDA kernel (multi_tensor_apply.cuh) gives
+// blockIdx.x, threadIdx.x and blockDim.x, and the host test of the kernels
+// (tests/cpp/) runs the very same body for every block and thread on the CPU.
+// CUDA's half and bfloat16 headers only; their conversions run on both sides.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../rules/common.h"
+#include "mta_plan.h"
+
+namespace lossopt::cuda {
+
+// Conversions between the parameter type and the float the rule computes in.
+template <typename T>
+LOSSOPT_HD float to_float(T x);
+template <>
+LOSSOPT_HD float to_float<float>(float x) { return x; }
+template <>
+LOSSOPT_HD float to_float<__half>(__half x) { return __half2float(x); }
+template <>
+LOSSOPT_HD float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+LOSSOPT_HD T from_float(float x);
+template <>
+LOSSOPT_HD float from_float<float>(float x) { return x; }
+template <>
+LOSSOPT_HD __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <>
+LOSSOPT_HD __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// The per-chunk work of one rule on parameters of type T: the functor of
+// mta::multi_tensor_apply. Holds the device scalars and the host arguments;
+// each thread builds the rule from them once. With kMaster the rule steps the
+// float32 master weight (the last tensor of each group) and the parameter is
+// written as its rounded copy.
+template <typename T, typename Rule, typename Args, bool kMaster>
+struct RuleFunctor {
+  static constexpr int kStates = Rule::kStates;
+  static constexpr int kMasterSlot = 2 + kStates;
+  static constexpr int kDepth = 2 + kStates + (kMaster ? 1 : 0);
+  // The rule takes a state pointer even when it has no state.
+  static constexpr int kStateSlots = kStates > 0 ? kStates : 1;
+
+  const double* scalars;  // device, float64; layout in rules/common.h
+  int n_scalars;
+  Args args;
+
+  // The thread at `pos` (see mta::Position) does its share of the chunk.
+  template <typename Pos>
+  LOSSOPT_HD void operator()(const mta::TensorListMetadata<kDepth>& meta, const Pos& pos) const {
+    // A bad loss (flag 0) changes nothing.
+    if (scalars[kValid] == 0.0) return;
+    // Rounded to float first, as the foreach path rounds them.
+    float sc[kMaxScalars];
+    LOSSOPT_UNROLL
+    for (int k = 0; k < kMaxScalars; ++k) sc[k] = k < n_scalars ? static_cast<float>(scalars[k]) : 0.0f;
+    const Rule rule(sc, args);
+    const float inv_scale = sc[kInvGradScale];
+
+    const mta::ChunkInfo c = mta::chunk_info(meta, pos.block());
+    T* __restrict__ p = mta::chunk_ptr<T>(meta, 0, c);
+    const T* __restrict__ g = mta::chunk_ptr<T>(meta, 1, c);
+    float* __restrict__ mw = kMaster ? mta::chunk_ptr<float>(meta, kMasterSlot, c) : nullptr;
+    float* st[kStateSlots] = {};
+    bool aligned = mta::is_vec_aligned<T>(p) && mta::is_vec_aligned<T>(g) &&
+                   (!kMaster || mta::is_vec_aligned<float>(mw));
+    LOSSOPT_UNROLL
+    for (int s = 0; s < kStates; ++s) {
+      st[s] = mta::chunk_ptr<float>(meta, 2 + s, c);
+      aligned = aligned && mta::is_vec_aligned<float>(st[s]);
+    }
+    const int n = c.n;
+
+    if (aligned) {
+      // Vector path: kILP consecutive elements per aligned load/store, then
+      // the (< kILP) tail elements one per thread.
+      const int n_vec = n / mta::kILP;
+      for (int v = pos.thread(); v < n_vec; v += pos.block_dim()) {
+        mta::AlignedVec<T> pv;
+        mta::AlignedVec<float> mv;
+        if constexpr (kMaster) {
+          mv = reinterpret_cast<const mta::AlignedVec<float>*>(mw)[v];
+        } else {
+          pv = reinterpret_cast<const mta::AlignedVec<T>*>(p)[v];
+        }
+        const mta::AlignedVec<T> gv = reinterpret_cast<const mta::AlignedVec<T>*>(g)[v];
+        mta::AlignedVec<float> sv[kStateSlots];
+        LOSSOPT_UNROLL
+        for (int s = 0; s < kStates; ++s) sv[s] = reinterpret_cast<const mta::AlignedVec<float>*>(st[s])[v];
+        LOSSOPT_UNROLL
+        for (int ii = 0; ii < mta::kILP; ++ii) {
+          float pf = kMaster ? mv.v[ii] : to_float(pv.v[ii]);
+          const float gf = to_float(gv.v[ii]) * inv_scale;
+          float sf[kStateSlots];
+          LOSSOPT_UNROLL
+          for (int s = 0; s < kStates; ++s) sf[s] = sv[s].v[ii];
+          rule(pf, gf, sf);
+          pv.v[ii] = from_float<T>(pf);
+          if constexpr (kMaster) mv.v[ii] = pf;
+          LOSSOPT_UNROLL
+          for (int s = 0; s < kStates; ++s) sv[s].v[ii] = sf[s];
+        }
+        reinterpret_cast<mta::AlignedVec<T>*>(p)[v] = pv;
+        if constexpr (kMaster) reinterpret_cast<mta::AlignedVec<float>*>(mw)[v] = mv;
+        LOSSOPT_UNROLL
+        for (int s = 0; s < kStates; ++s) reinterpret_cast<mta::AlignedVec<float>*>(st[s])[v] = sv[s];
+      }
+      const int i = n_vec * mta::kILP + static_cast<int>(pos.thread());
+      if (i < n) apply_one(rule, inv_scale, p, g, st, mw, i);
+    } else {
+      // Scalar path: kILP strided elements per thread per iteration (each
+      // access coalesced across the warp), bounds-checked.
+      for (int base = 0; base < n; base += pos.block_dim() * mta::kILP) {
+        float pr[mta::kILP], gr[mta::kILP], sr[mta::kILP][kStateSlots];
+        LOSSOPT_UNROLL
+        for (int ii = 0; ii < mta::kILP; ++ii) {
+          const int i = base + pos.thread() + ii * pos.block_dim();
+          if (i < n) {
+            pr[ii] = kMaster ? mw[i] : to_float(p[i]);
+            gr[ii] = to_float(g[i]) * inv_scale;
+            LOSSOPT_UNROLL
+            for (int s = 0; s < kStates; ++s) sr[ii][s] = st[s][i];
+          }
+        }
+        LOSSOPT_UNROLL
+        for (int ii = 0; ii < mta::kILP; ++ii) {
+          const int i = base + pos.thread() + ii * pos.block_dim();
+          if (i < n) {
+            rule(pr[ii], gr[ii], sr[ii]);
+            p[i] = from_float<T>(pr[ii]);
+            if constexpr (kMaster) mw[i] = pr[ii];
+            LOSSOPT_UNROLL
+            for (int s = 0; s < kStates; ++s) st[s][i] = sr[ii][s];
+          }
+        }
+      }
+    }
+  }
+
+  static LOSSOPT_HD void apply_one(const Rule& rule, float inv_scale, T* p, const T* g,
+                                   float* const* st, float* mw, int i) {
+    float pf = kMaster ? mw[i] : to_float(p[i]);
+    const float gf = to_float(g[i]) * inv_scale;
+    float sf[kStateSlots];
+    LOSSOPT_UNROLL
+    for (int s = 0; s < kStates; ++s) sf[s] = st[s][i];
+    rule(pf, gf, sf);
+    p[i] = from_float<T>(pf);
+    if constexpr (kMaster) mw[i] = pf;
+    LOSSOPT_UNROLL
+    for (int s = 0; s < kStates; ++s) st[s][i] = sf[s];
+  }
+};
+
+}  // namespace lossopt::cuda
