@@ -132,13 +132,24 @@ def extensions():
 def cpu_isas() -> list[tuple[str, list[str]]]:
     """Instruction sets to compile the CPU kernels for, with their compiler flags
     (those ATen uses for its own kernels). At run time the package loads the one
-    matching ``torch.backends.cpu.get_cpu_capability()``."""
+    matching ``torch.backends.cpu.get_cpu_capability()``.
+
+    ``LOSSOPT_CPU_ISAS`` (comma-separated, e.g. ``AVX512``) builds only those,
+    for a build that runs on one known machine (scripts/gpu_check.sh)."""
     isas = [("DEFAULT", [])]
     if platform.machine().lower() in ("x86_64", "amd64"):
         isas += [
             ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
             ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
         ]
+    wanted = os.environ.get("LOSSOPT_CPU_ISAS", "").replace(" ", "")
+    if wanted:
+        names = {n.upper() for n in wanted.split(",") if n}
+        unknown = names - {isa for isa, _ in isas}
+        if unknown:
+            raise RuntimeError(f"LOSSOPT_CPU_ISAS: {sorted(unknown)} not among "
+                               f"{[isa for isa, _ in isas]} on this machine")
+        isas = [(isa, flags) for isa, flags in isas if isa in names]
     return isas
 
 

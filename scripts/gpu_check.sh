@@ -3,16 +3,39 @@
 # CUDA build of torch, the CUDA toolkit, and no network:
 #
 #   1. build the extension in place for this GPU (LOSSOPT_BUILD=cuda: a build
-#      without the CUDA kernels is an error);
+#      without the CUDA kernels is an error), CPU kernels only for this CPU's
+#      instruction set (LOSSOPT_CPU_ISAS, below);
 #   2. print build_info();
-#   3. run tests/test_cuda.py (-m cuda), junit xml + log;
-#   4. compute-sanitizer memcheck on a small script calling all three fused ops;
+#   3. run tests/test_cuda.py (-m cuda), junit xml + log; in parallel with
+#      pytest-xdist where it is installed (-n <cores, at most 16> --dist load:
+#      the tests are all in one file, so --dist loadfile would use one worker);
+#   4. compute-sanitizer memcheck on a small script calling all three fused ops
+#      (a sanitizer that refuses this device, host or driver, "... not
+#      supported", is recorded as skipped, and the script then runs once
+#      without it);
 #   5. benchmarks/step_time.py --out ..., if that script exists and takes --out;
-#   6. write benchmarks/results/gpu_check_<date>.md, and copy it and the logs
-#      into $OUT when OUT is set.
+#   6. write benchmarks/results/gpu_check_<stamp>.md and, when OUT is set, put
+#      in $OUT at most 8 files: the summary, the benchmark JSON (if any),
+#      test_cuda.log, and gpu_check_<stamp>.tar.gz holding everything else
+#      (the log folder: build log, junit xml, sanitizer log, env, nvidia-smi ...).
 #
 # Every step runs even if an earlier one failed; the exit status is 1 if any
-# step failed. Everything fits in GPU_CHECK_BUDGET seconds (default 530).
+# step failed. Everything fits in GPU_CHECK_BUDGET seconds (default 450: with
+# machine start-up the whole device lease stays under 15 minutes). Each step's
+# timeout is capped by what is left of the budget, minus a reserve for the
+# steps after it (build <= 200 s, tests <= 150 s, sanitizer <= 60 s,
+# benchmark <= 60 s).
+#
+# On the lent device machine the tool runs the command in the repository root
+# with $OUT exported; .git may not travel, so the command carries the commit.
+# Commit first, then give the tool (timeout_s=540) this command, with <sha>
+# replaced by the output of `git rev-parse HEAD` in your checkout:
+#
+#   LOSSOPT_COMMIT=<sha> bash scripts/gpu_check.sh
+#
+# Without .git and LOSSOPT_COMMIT the summary says "unknown". Then commit what
+# comes back (the summary and JSON under benchmarks/results/) and give the
+# machine back.
 #
 # Nothing is installed from the network. pytest must be importable; if it is
 # not, wheels of pytest (and its dependencies) in $LOSSOPT_WHEELS, .whl/ or
@@ -22,17 +45,37 @@
 #
 # Environment: PYTHON (default python3), CUDA_HOME, TORCH_CUDA_ARCH_LIST
 # (default: this GPU's compute capability), MAX_JOBS (default 16),
-# PYTEST_ADDOPTS (extra pytest options, e.g. "-x" or "-k 'not 2_31'"),
-# STEP_TIME_ARGS (options of benchmarks/step_time.py besides --out; default
-# "--device cuda --quick" where it has them),
-# GPU_CHECK_BUDGET, LOSSOPT_WHEELS, OUT.
+# LOSSOPT_CPU_ISAS (CPU kernel instruction sets setup.py builds, comma
+# separated from DEFAULT,AVX2,AVX512; default: the one torch picks on this
+# machine, torch.backends.cpu.get_cpu_capability(), DEFAULT for anything other
+# than AVX2/AVX512), PYTEST_ADDOPTS (extra pytest options, e.g. "-x" or
+# "-k 'not 2_31'"), PYTEST_WORKERS (pytest-xdist workers; default: the number
+# of cores, at most 16; 0 runs serially), STEP_TIME_ARGS (options of
+# benchmarks/step_time.py besides --out; default "--device cuda --quick" where
+# it has them), GPU_CHECK_BUDGET (seconds, default 450), LOSSOPT_COMMIT (the
+# commit to name when .git is absent), LOSSOPT_WHEELS, OUT.
 set -u
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || { echo "gpu_check: cannot cd to the repository root" >&2; exit 2; }
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-530}
+BUDGET=${GPU_CHECK_BUDGET:-450}
 START=$(date +%s)
+# The commit and the count of uncommitted files, before this script writes
+# anything (its own logs would count as untracked files). Only a .git of this
+# very folder counts (not one of a folder above a copy of the tree).
+COMMIT="" DIRTY="unknown (no .git)" COMMIT_SOURCE=""
+if [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$ROOT" ] && COMMIT=$(git rev-parse HEAD 2>/dev/null); then
+    DIRTY=$(git status --porcelain 2>/dev/null | wc -l | tr -d ' ')
+    COMMIT_SOURCE="git"
+    if [ -n "${LOSSOPT_COMMIT:-}" ] && [ "${LOSSOPT_COMMIT}" != "$COMMIT" ]; then
+        COMMIT_SOURCE="git; LOSSOPT_COMMIT=$LOSSOPT_COMMIT differs"
+    fi
+elif [ -n "${LOSSOPT_COMMIT:-}" ]; then
+    COMMIT=$LOSSOPT_COMMIT COMMIT_SOURCE="LOSSOPT_COMMIT"
+else
+    COMMIT=unknown COMMIT_SOURCE="no .git and no LOSSOPT_COMMIT"
+fi
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 DATE_HUMAN=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 RESULTS=benchmarks/results
@@ -69,26 +112,24 @@ limit() {
 
 # ---------------------------------------------------------------- environment
 log "repository: $ROOT; logs: $LOGDIR"
-DEVICE_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
-nvidia-smi > "$LOGDIR/nvidia-smi.txt" 2>&1
+DEVICE_NAME=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+DRIVER=$(timeout 20 nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+timeout 20 nvidia-smi > "$LOGDIR/nvidia-smi.txt" 2>&1
 if [ -z "$DEVICE_NAME" ]; then
-    DEVICE_NAME=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo unknown)
+    DEVICE_NAME=$(timeout 60 "$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo unknown)
 fi
 DEVICE_SLUG=$(echo "$DEVICE_NAME" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/_/g; s/^_+//; s/_+$//')
 [ -n "$DEVICE_SLUG" ] || DEVICE_SLUG=unknown
-COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-DIRTY=$(git status --porcelain 2>/dev/null | wc -l | tr -d ' ')
-[ "$COMMIT" = unknown ] && DIRTY=unknown
-log "device: $DEVICE_NAME (driver ${DRIVER:-unknown}); commit $COMMIT"
+log "device: $DEVICE_NAME (driver ${DRIVER:-unknown}); commit $COMMIT ($COMMIT_SOURCE); uncommitted files: $DIRTY"
 
 t0=$(date +%s)
-if "$PY" - > "$LOGDIR/env.txt" 2>&1 <<'PY'
+if timeout 60 "$PY" - > "$LOGDIR/env.txt" 2>&1 <<'PY'
 import platform, sys
 import torch
 print("python", sys.version.replace("\n", " "), platform.platform())
 print("torch", torch.__version__, "built with CUDA", torch.version.cuda)
 print("cuda available", torch.cuda.is_available())
+print("cpu capability", torch.backends.cpu.get_cpu_capability())
 assert torch.version.cuda is not None, "torch is not a CUDA build"
 assert torch.cuda.is_available(), "torch sees no CUDA device"
 print("device", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
@@ -122,10 +163,31 @@ fi
 log "CUDA_HOME=${CUDA_HOME:-<none>} ($NVCC_VERSION)"
 
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-    TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(f"{M}.{m}")' 2>/dev/null)
+    TORCH_CUDA_ARCH_LIST=$(timeout 60 "$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(f"{M}.{m}")' 2>/dev/null)
 fi
 export TORCH_CUDA_ARCH_LIST
 log "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<unset>}"
+
+# CPU kernels: only the instruction set torch runs here (the package imports
+# that module, or _cpu_default where there is no module of torch's capability),
+# to save build time; setup.py builds every ISA when LOSSOPT_CPU_ISAS is unset.
+if [ -n "${LOSSOPT_CPU_ISAS:-}" ]; then
+    CPU_ISAS_NOTE="$LOSSOPT_CPU_ISAS (set by the caller)"
+else
+    CPU_CAP=$(timeout 60 "$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())' 2>/dev/null | tail -n 1)
+    case "$CPU_CAP" in
+        DEFAULT|AVX2|AVX512) LOSSOPT_CPU_ISAS=$CPU_CAP ;;
+        "") LOSSOPT_CPU_ISAS="" ;;
+        *) LOSSOPT_CPU_ISAS=DEFAULT ;;
+    esac
+    if [ -n "$LOSSOPT_CPU_ISAS" ]; then
+        CPU_ISAS_NOTE="$LOSSOPT_CPU_ISAS (torch's CPU capability here: $CPU_CAP)"
+    else
+        CPU_ISAS_NOTE="unset: every ISA (torch's CPU capability unknown)"
+    fi
+fi
+if [ -n "${LOSSOPT_CPU_ISAS:-}" ]; then export LOSSOPT_CPU_ISAS; else unset LOSSOPT_CPU_ISAS; fi
+log "LOSSOPT_CPU_ISAS=$CPU_ISAS_NOTE"
 
 # ---------------------------------------------------------------- 1. build
 t0=$(date +%s)
@@ -135,21 +197,25 @@ else
     if ! "$PY" -c 'import ninja' > /dev/null 2>&1 && ! command -v ninja > /dev/null 2>&1; then
         log "ninja not found: torch compiles without it, one file at a time (slower)"
     fi
-    log "building: MAX_JOBS=${MAX_JOBS:-16} LOSSOPT_BUILD=cuda $PY setup.py build_ext --inplace"
-    MAX_JOBS=${MAX_JOBS:-16} LOSSOPT_BUILD=cuda timeout --kill-after=10 "$(limit 300 200)" \
+    log "building: MAX_JOBS=${MAX_JOBS:-16} LOSSOPT_BUILD=cuda LOSSOPT_CPU_ISAS=${LOSSOPT_CPU_ISAS:-<all>} $PY setup.py build_ext --inplace"
+    # at most 200 s, leaving 210 s for build_info, tests, sanitizer and benchmark
+    MAX_JOBS=${MAX_JOBS:-16} LOSSOPT_BUILD=cuda timeout --kill-after=5 "$(limit 200 210)" \
         "$PY" setup.py build_ext --inplace > "$LOGDIR/build.log" 2>&1
     rc=$?
-    if [ $rc -eq 0 ]; then
+    if [ $rc -eq 0 ] && grep -q 'lossopt-cuda build: building pure Python' "$LOGDIR/build.log"; then
+        # setup.py exits 0 without compiling anything when, e.g., torch is missing
+        record build FAILED "nothing compiled: $(grep -o 'building pure Python.*' "$LOGDIR/build.log" | head -n 1 | cut -c1-200)" $(( $(date +%s) - t0 ))
+    elif [ $rc -eq 0 ]; then
         record build ok "log build.log" $(( $(date +%s) - t0 ))
     else
-        record build FAILED "exit $rc$([ $rc -eq 124 ] && echo ' (timed out)'), last lines of build.log below" $(( $(date +%s) - t0 ))
+        record build FAILED "exit $rc$( (( rc == 124 || rc == 137 )) && echo ' (timed out)'), last lines of build.log below" $(( $(date +%s) - t0 ))
         tail -n 30 "$LOGDIR/build.log"
     fi
 fi
 
 # ---------------------------------------------------------------- 2. build_info
 t0=$(date +%s)
-BUILD_INFO=$("$PY" -c 'import json, lossopt_cuda; print(json.dumps(lossopt_cuda.build_info()))' 2> "$LOGDIR/build_info.err")
+BUILD_INFO=$(timeout 60 "$PY" -c 'import json, lossopt_cuda; print(json.dumps(lossopt_cuda.build_info()))' 2> "$LOGDIR/build_info.err")
 rc=$?
 echo "${BUILD_INFO:-}" > "$LOGDIR/build_info.json"
 log "build_info: ${BUILD_INFO:-<none>}"
@@ -178,31 +244,52 @@ if ! "$PY" -c 'import pytest' > /dev/null 2>&1; then
 fi
 if ! "$PY" -c 'import pytest' > /dev/null 2>&1; then
     record tests FAILED "pytest is not importable by $PY and no local wheels of it were found (LOSSOPT_WHEELS, .whl/, shared/wheels/); install pytest, or carry its wheels"
+elif (( $(left 0) < 30 )); then
+    record tests FAILED "not run: out of time budget ($(left 0) s left)"
+    TEST_SUMMARY="not run: out of time budget"
 else
     CONFTEST_OPT=()
     if ! "$PY" -c 'import hypothesis' > /dev/null 2>&1; then
         log "hypothesis missing: running with --noconftest (tests/test_cuda.py does not use conftest)"
         CONFTEST_OPT=(--noconftest)
     fi
-    log "running tests/test_cuda.py (log: $LOGDIR/test_cuda.log)"
-    timeout --kill-after=10 "$(limit 330 100)" "$PY" -m pytest tests/test_cuda.py -v -m cuda -rfEs \
-        -p no:cacheprovider ${CONFTEST_OPT[@]+"${CONFTEST_OPT[@]}"} --durations=15 \
+    # pytest-xdist where installed: -n <cores, at most 16>. --dist load, not
+    # loadfile: every test is in one file, which loadfile gives to one worker.
+    XDIST_OPT=()
+    CORES=$(nproc 2>/dev/null || echo 1)
+    WORKERS=${PYTEST_WORKERS:-$(( CORES < 16 ? CORES : 16 ))}
+    TEST_THREADS=$CORES
+    if (( WORKERS > 1 )) && "$PY" -c 'import xdist' > /dev/null 2>&1; then
+        XDIST_OPT=(-n "$WORKERS" --dist load)
+        TEST_MODE="pytest-xdist, $WORKERS workers"
+        # the CPU oracle runs in every worker: share the cores, do not oversubscribe them
+        TEST_THREADS=$(( CORES / WORKERS > 0 ? CORES / WORKERS : 1 ))
+    elif (( WORKERS > 1 )); then
+        TEST_MODE="serial: pytest-xdist not installed"
+    else
+        TEST_MODE="serial"
+    fi
+    TEST_THREADS=${OMP_NUM_THREADS:-$TEST_THREADS}
+    log "running tests/test_cuda.py ($TEST_MODE, OMP_NUM_THREADS=$TEST_THREADS; log: $LOGDIR/test_cuda.log)"
+    # at most 150 s, leaving 105 s for the sanitizer and the benchmark
+    OMP_NUM_THREADS=$TEST_THREADS timeout --kill-after=5 "$(limit 150 105)" "$PY" -m pytest tests/test_cuda.py -v -m cuda -rfEs \
+        -p no:cacheprovider ${XDIST_OPT[@]+"${XDIST_OPT[@]}"} ${CONFTEST_OPT[@]+"${CONFTEST_OPT[@]}"} --durations=15 \
         --junitxml="$LOGDIR/test_cuda.xml" > "$LOGDIR/test_cuda.log" 2>&1
     rc=$?
     TEST_SUMMARY=$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped|deselected).* in [0-9.]+s' "$LOGDIR/test_cuda.log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
     TEST_FAILURES=$(grep -E '^(FAILED|ERROR) ' "$LOGDIR/test_cuda.log" | head -n 60)
     if [ -z "$TEST_SUMMARY" ]; then  # killed (timeout) or crashed: count the -v result lines
-        TEST_SUMMARY="no pytest summary line (exit $rc); results so far: $(grep -cE ' PASSED( |$)' "$LOGDIR/test_cuda.log") passed, $(grep -cE ' FAILED( |$)' "$LOGDIR/test_cuda.log") failed, $(grep -cE ' ERROR( |$)' "$LOGDIR/test_cuda.log") errors, $(grep -cE ' SKIPPED( |$)' "$LOGDIR/test_cuda.log") skipped; last test started: $(grep -E '^tests/test_cuda.py::' "$LOGDIR/test_cuda.log" | tail -n 1 | cut -c1-160)"
+        TEST_SUMMARY="no pytest summary line (exit $rc); results so far: $(grep -cE ' PASSED( |$)' "$LOGDIR/test_cuda.log") passed, $(grep -cE ' FAILED( |$)' "$LOGDIR/test_cuda.log") failed, $(grep -cE ' ERROR( |$)' "$LOGDIR/test_cuda.log") errors, $(grep -cE ' SKIPPED( |$)' "$LOGDIR/test_cuda.log") skipped; last test started: $(grep -oE 'tests/test_cuda.py::[^ ]+' "$LOGDIR/test_cuda.log" | tail -n 1 | cut -c1-160)"
         TEST_FAILURES=$(grep -E ' (FAILED|ERROR)( |$)' "$LOGDIR/test_cuda.log" | head -n 60)
     fi
     if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-        record tests FAILED "timed out; $TEST_SUMMARY" $(( $(date +%s) - t0 ))
+        record tests FAILED "timed out; $TEST_SUMMARY ($TEST_MODE)" $(( $(date +%s) - t0 ))
     elif [ $rc -ne 0 ]; then
-        record tests FAILED "pytest exit $rc: $TEST_SUMMARY" $(( $(date +%s) - t0 ))
+        record tests FAILED "pytest exit $rc: $TEST_SUMMARY ($TEST_MODE)" $(( $(date +%s) - t0 ))
     elif ! echo "$TEST_SUMMARY" | grep -qE '[0-9]+ passed'; then
         record tests FAILED "no test ran (all skipped?): $TEST_SUMMARY" $(( $(date +%s) - t0 ))
     else
-        record tests ok "$TEST_SUMMARY" $(( $(date +%s) - t0 ))
+        record tests ok "$TEST_SUMMARY ($TEST_MODE)" $(( $(date +%s) - t0 ))
     fi
     tail -n 25 "$LOGDIR/test_cuda.log"
 fi
@@ -260,24 +347,44 @@ PY
 if [ -z "$SAN" ]; then
     record sanitizer FAILED "compute-sanitizer not found (PATH, \$CUDA_HOME/bin, \$CUDA_HOME/compute-sanitizer)"
     SANITIZER_SUMMARY="compute-sanitizer not found"
-elif (( $(left 20) < 30 )); then
+elif (( $(left 45) < 20 )); then
     record sanitizer FAILED "skipped: out of time budget"
     SANITIZER_SUMMARY="skipped: out of time"
 else
     log "compute-sanitizer --tool memcheck (log: $LOGDIR/sanitizer.log)"
+    cp "$TMPD/sanitize_ops.py" "$LOGDIR/sanitize_ops.py"
     # No caching allocator: every tensor is its own allocation, so an access
     # past a tensor's end is outside any allocation and memcheck sees it.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout --kill-after=10 "$(limit 180 20)" \
+    # At most 60 s, leaving 45 s for the benchmark.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout --kill-after=5 "$(limit 60 45)" \
         "$SAN" --tool memcheck --report-api-errors no --error-exitcode 99 --print-limit 100 \
         "$PY" "$TMPD/sanitize_ops.py" > "$LOGDIR/sanitizer.log" 2>&1
     rc=$?
-    cp "$TMPD/sanitize_ops.py" "$LOGDIR/sanitize_ops.py"
     SANITIZER_SUMMARY=$(grep -E 'ERROR SUMMARY' "$LOGDIR/sanitizer.log" | tail -n 1 | sed -E 's/^=+ *//')
     [ -n "$SANITIZER_SUMMARY" ] || SANITIZER_SUMMARY="no ERROR SUMMARY line (exit $rc)"
+    # A sanitizer that refuses this GPU (one newer than it knows), host or
+    # driver says so on its own "=====" lines ("Device not supported", "...
+    # is not supported", "Unsupported ..."): that is a gap of the tool, not a
+    # fault of the kernels. Only the sanitizer's lines count, so an error of
+    # the script (a Python traceback) is never taken for a refusal.
+    REFUSAL=$(grep -E '^=+ ' "$LOGDIR/sanitizer.log" | grep -iE 'not supported|unsupported|not compatible|incompatible' | head -n 1 | sed -E 's/^=+ *//' | cut -c1-200)
     if [ $rc -eq 0 ] && grep -q '^SANITIZE-OK' "$LOGDIR/sanitizer.log" && echo "$SANITIZER_SUMMARY" | grep -q ' 0 errors'; then
         record sanitizer ok "$SANITIZER_SUMMARY" $(( $(date +%s) - t0 ))
+    elif [ $rc -ne 0 ] && [ -n "$REFUSAL" ] && ! grep -q '^SANITIZE-OK' "$LOGDIR/sanitizer.log"; then
+        # the ops once without the sanitizer, so they still ran outside pytest
+        timeout --kill-after=5 "$(limit 30 45)" "$PY" "$TMPD/sanitize_ops.py" > "$LOGDIR/sanitize_ops_plain.log" 2>&1
+        prc=$?
+        if [ $prc -eq 0 ] && grep -q '^SANITIZE-OK' "$LOGDIR/sanitize_ops_plain.log"; then
+            SANITIZER_SUMMARY="skipped: compute-sanitizer refused: $REFUSAL (the ops without it: ok)"
+            record sanitizer skipped "compute-sanitizer refused: $REFUSAL; the ops without it: ok" $(( $(date +%s) - t0 ))
+        else
+            SANITIZER_SUMMARY="skipped: compute-sanitizer refused: $REFUSAL; the ops without it FAILED (exit $prc, sanitize_ops_plain.log)"
+            record sanitizer FAILED "compute-sanitizer refused ($REFUSAL) and the ops without it failed: exit $prc, see sanitize_ops_plain.log" $(( $(date +%s) - t0 ))
+            tail -n 40 "$LOGDIR/sanitize_ops_plain.log"
+        fi
+        tail -n 10 "$LOGDIR/sanitizer.log"
     else
-        record sanitizer FAILED "exit $rc$([ $rc -eq 124 ] && echo ' (timed out)'): $SANITIZER_SUMMARY" $(( $(date +%s) - t0 ))
+        record sanitizer FAILED "exit $rc$( (( rc == 124 || rc == 137 )) && echo ' (timed out)'): $SANITIZER_SUMMARY" $(( $(date +%s) - t0 ))
         tail -n 40 "$LOGDIR/sanitizer.log"
     fi
 fi
@@ -288,11 +395,11 @@ BENCH_JSON=$RESULTS/gpu_${DEVICE_SLUG}_${STAMP}.json
 BENCH_NOTE=""
 if [ ! -f benchmarks/step_time.py ]; then
     record benchmark skipped "benchmarks/step_time.py does not exist"
-elif ! timeout 120 "$PY" benchmarks/step_time.py --help > "$LOGDIR/step_time_help.txt" 2>&1; then
+elif ! timeout 30 "$PY" benchmarks/step_time.py --help > "$LOGDIR/step_time_help.txt" 2>&1; then
     record benchmark FAILED "benchmarks/step_time.py --help failed (see step_time_help.txt)"
 elif ! grep -q -- '--out' "$LOGDIR/step_time_help.txt"; then
     record benchmark skipped "benchmarks/step_time.py has no --out option"
-elif (( $(left 10) < 30 )); then
+elif (( $(left 10) < 20 )); then
     record benchmark skipped "out of time budget"
 else
     # Only the GPU, and the short sweep, to fit the time budget (when the script
@@ -308,30 +415,65 @@ else
     fi
     log "benchmark: $PY benchmarks/step_time.py $STEP_TIME_ARGS --out $BENCH_JSON"
     # shellcheck disable=SC2086  # STEP_TIME_ARGS is a list of options
-    timeout --kill-after=10 "$(limit 240 10)" "$PY" benchmarks/step_time.py $STEP_TIME_ARGS --out "$BENCH_JSON" \
+    # at most 60 s, leaving 10 s for the summary
+    timeout --kill-after=5 "$(limit 60 10)" "$PY" benchmarks/step_time.py $STEP_TIME_ARGS --out "$BENCH_JSON" \
         > "$LOGDIR/step_time.log" 2>&1
     rc=$?
     if [ $rc -eq 0 ] && [ -f "$BENCH_JSON" ]; then
         record benchmark ok "$BENCH_JSON (options: ${STEP_TIME_ARGS:-none})" $(( $(date +%s) - t0 ))
         BENCH_NOTE=$BENCH_JSON
     else
-        record benchmark FAILED "exit $rc$([ $rc -eq 124 ] && echo ' (timed out)'), options: ${STEP_TIME_ARGS:-none}, see step_time.log" $(( $(date +%s) - t0 ))
+        record benchmark FAILED "exit $rc$( (( rc == 124 || rc == 137 )) && echo ' (timed out)'), options: ${STEP_TIME_ARGS:-none}, see step_time.log" $(( $(date +%s) - t0 ))
         tr '\r' '\n' < "$LOGDIR/step_time.log" | tail -n 20
     fi
 fi
 
-# ---------------------------------------------------------------- 6. summary
+# ---------------------------------------------------------------- 6. summary and $OUT
+# At most 8 files come back from $OUT (the rest are dropped) and no folder
+# does: the summary, the benchmark JSON, test_cuda.log, and one tarball of the
+# whole log folder (build log, junit xml, sanitizer log, env, nvidia-smi ...).
+MAX_OUT_FILES=8
+TARBALL=gpu_check_$STAMP.tar.gz
+OUT_FILES=()
+if [ -n "${OUT:-}" ]; then
+    t0=$(date +%s)
+    OUT_PROBLEM=""
+    mkdir -p "$OUT" || OUT_PROBLEM="cannot create $OUT; "
+    if tar -czf "$TMPD/$TARBALL" -C "$RESULTS" "$(basename "$LOGDIR")" 2> "$TMPD/tar.err"; then
+        OUT_FILES+=("$TMPD/$TARBALL")
+    else
+        OUT_PROBLEM="${OUT_PROBLEM}tar of $LOGDIR failed: $(tail -n 1 "$TMPD/tar.err"); "
+    fi
+    OUT_FILES+=("$SUMMARY")
+    if [ -f "$LOGDIR/test_cuda.log" ]; then OUT_FILES+=("$LOGDIR/test_cuda.log"); fi
+    if [ -n "$BENCH_NOTE" ] && [ -f "$BENCH_NOTE" ]; then OUT_FILES+=("$BENCH_NOTE"); fi
+    OUT_BEFORE=$(find "$OUT" -mindepth 1 2>/dev/null | wc -l | tr -d ' ')
+    OUT_PLANNED=$(( OUT_BEFORE + ${#OUT_FILES[@]} ))
+    OUT_NAMES=$(for f in "${OUT_FILES[@]}"; do basename "$f"; done | paste -sd ' ' -)
+    if (( OUT_PLANNED > MAX_OUT_FILES )); then
+        echo "gpu_check: ERROR: $OUT would hold $OUT_PLANNED entries ($OUT_BEFORE already there + $OUT_NAMES), more than the $MAX_OUT_FILES that come back" >&2
+        record summary FAILED "${OUT_PROBLEM}$OUT would hold $OUT_PLANNED entries ($OUT_BEFORE already there), more than $MAX_OUT_FILES: some would not come back" $(( $(date +%s) - t0 ))
+    elif [ -n "$OUT_PROBLEM" ]; then
+        record summary FAILED "${OUT_PROBLEM}files for $OUT: $OUT_NAMES" $(( $(date +%s) - t0 ))
+    else
+        record summary ok "$OUT_PLANNED files for \$OUT: $OUT_NAMES" $(( $(date +%s) - t0 ))
+    fi
+fi
+
 {
     echo "# GPU check $DATE_HUMAN"
     echo
     echo "- Device: $DEVICE_NAME (driver ${DRIVER:-unknown})"
     echo "- Date: $DATE_HUMAN"
-    echo "- Git commit: $COMMIT (uncommitted changes: $DIRTY files)"
+    if [[ $DIRTY =~ ^[0-9]+$ ]]; then DIRTY_NOTE="$DIRTY files"; else DIRTY_NOTE=$DIRTY; fi
+    echo "- Git commit: $COMMIT (from $COMMIT_SOURCE; uncommitted changes: $DIRTY_NOTE)"
     echo "- $PY_LINE"
     echo "- $TORCH_LINE"
     echo "- CUDA_HOME: ${CUDA_HOME:-none} ($NVCC_VERSION); TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset}"
+    echo "- CPU kernels built for LOSSOPT_CPU_ISAS=$CPU_ISAS_NOTE"
+    echo "- Tests: ${TEST_MODE:-not run}"
     echo "- Total time: $(( $(date +%s) - START )) s (budget $BUDGET s)"
-    echo "- Logs: $LOGDIR/"
+    echo "- Logs: $LOGDIR/${OUT:+ (in \$OUT: $TARBALL)}"
     echo
     echo "## build_info()"
     echo
@@ -369,9 +511,19 @@ fi
 } > "$SUMMARY"
 
 if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT" && cp -r "$LOGDIR" "$OUT/" && cp "$SUMMARY" "$OUT/"
-    if [ -n "$BENCH_NOTE" ] && [ -f "$BENCH_NOTE" ]; then cp "$BENCH_NOTE" "$OUT/"; fi
-    log "copied the summary and logs to $OUT"
+    # plain files only, never a folder
+    for f in "${OUT_FILES[@]}"; do
+        cp "$f" "$OUT/" || echo "gpu_check: ERROR: could not copy $f to $OUT" >&2
+    done
+    N_OUT=$(find "$OUT" -mindepth 1 | wc -l | tr -d ' ')
+    N_OUT_FILES=$(find "$OUT" -type f | wc -l | tr -d ' ')
+    log "copied to $OUT: $N_OUT entries ($N_OUT_FILES files, at most $MAX_OUT_FILES come back): $(cd "$OUT" && find . -mindepth 1 | sed 's|^\./||' | sort | paste -sd ' ' -)"
+    if (( N_OUT > MAX_OUT_FILES )) || (( N_OUT != N_OUT_FILES )); then
+        MSG="ERROR: $OUT holds $N_OUT entries ($N_OUT_FILES plain files): only $MAX_OUT_FILES plain files come back, some of these will be dropped"
+        echo "gpu_check: $MSG" >&2
+        printf '\n**%s**\n' "$MSG" | tee -a "$SUMMARY" >> "$OUT/$(basename "$SUMMARY")"
+        N_FAILED=$((N_FAILED + 1))
+    fi
 fi
 
 echo
