@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace host_test {
@@ -10,6 +11,7 @@ namespace host_test {
 struct Failures {
   long count = 0;
   long printed = 0;
+  bool stop_at_first = false;  // exit(1) at the first failure (scripts/plant_bugs.py)
 };
 
 inline Failures& failures() {
@@ -24,6 +26,7 @@ inline void fail(const std::string& where, const std::string& what) {
     ++f.printed;
     std::fprintf(stderr, "FAIL [%s] %s\n", where.c_str(), what.c_str());
   }
+  if (f.stop_at_first) std::exit(1);
 }
 
 #define HOST_CHECK(cond, where, what)                                                     \

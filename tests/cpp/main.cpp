@@ -5,9 +5,10 @@
 // against an independent float64 reference (reference.cpp). No torch, no
 // GPU, no CUDA runtime. Built and run by tests/test_kernels_host.py.
 //
-// Usage: kernels_host_test [seed] [numerics]. "numerics" runs only the
-// sections whose results depend on floating-point contraction (the plan and
-// the coverage do not). Exit status 0 when every check passed.
+// Usage: kernels_host_test [seed] [numerics] [stop]. "numerics" runs only
+// the sections whose results depend on floating-point contraction (the plan
+// and the coverage do not); "stop" exits at the first failed check. Exit
+// status 0 when every check passed.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -85,7 +86,11 @@ int finish(std::chrono::steady_clock::time_point start, uint64_t seed) {
 
 int main(int argc, char** argv) {
   const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
-  const bool numerics_only = argc > 2 && std::string(argv[2]) == "numerics";
+  bool numerics_only = false;
+  for (int a = 2; a < argc; ++a) {
+    numerics_only = numerics_only || std::string(argv[a]) == "numerics";
+    if (std::string(argv[a]) == "stop") host_test::failures().stop_at_first = true;
+  }
   std::printf("kernels_host_test seed %llu\n", static_cast<unsigned long long>(seed));
   std::mt19937_64 rng(seed);
   auto t0 = std::chrono::steady_clock::now();
