@@ -15,7 +15,6 @@ One ``step()``:
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -24,8 +23,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _fused
+from ._checkpoint import CheckpointMixin
 from ._build import fused_supported, require_kernels
-from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss,
+from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss, place,
                     scalar_dtype, will_average)
 from ._reference import compute_dtype, unscale_grads, update_params, write_
 from ._skips import SkipCounter
@@ -48,10 +48,12 @@ def check_range(
     *, low_open: bool = False, high_open: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the interval."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"invalid {name}: {value!r}; it must be a number in {interval}")
     lo_ok = value > low if low_open else value >= low
     hi_ok = value < high if high_open else value <= high
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and hi_ok):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if not (lo_ok and hi_ok):
         raise ValueError(f"invalid {name}: {value!r}; it must lie in {interval}")
 
 
@@ -78,7 +80,7 @@ def assign_scalar(dst: Tensor, value: Tensor) -> Tensor:
     return value
 
 
-class LossDrivenOptimizer(Optimizer):
+class LossDrivenOptimizer(CheckpointMixin, Optimizer):
     """Base class of optimizers whose step size is set by the current loss.
 
     Subclasses set ``_forloop`` / ``_foreach`` / ``_fused`` (the per-element
@@ -179,8 +181,11 @@ class LossDrivenOptimizer(Optimizer):
             if not isinstance(params, Tensor):
                 params = param_group["params"] = list(params)  # a generator: read it once
             for p in [params] if isinstance(params, Tensor) else params:
-                self._choose_impl(p.device, p.dtype)  # fail now, not at a later step
+                p = p[1] if isinstance(p, tuple) else p  # named parameters: (name, tensor)
+                if isinstance(p, Tensor):  # anything else: torch.optim's TypeError below
+                    self._choose_impl(p.device, p.dtype)  # fail now, not at a later step
         super().add_param_group(param_group)
+        _lr_as_0d(self.param_groups[-1])
 
     @property
     def skipped_steps(self) -> int:
@@ -225,7 +230,7 @@ class LossDrivenOptimizer(Optimizer):
             gdevice = group["params"][0].device
             if self._advances_on_device(gdevice, buckets):
                 skips = None if counted else self._skips.counter(gdevice)
-                vector = self._advance_on_device(group, _place(loss_t, gdevice), amp, skips)
+                vector = self._advance_on_device(group, place(loss_t, gdevice), amp, skips)
                 self._step_group_fused(group, buckets, vector)
             else:
                 if host_scalars is None:
@@ -239,66 +244,6 @@ class LossDrivenOptimizer(Optimizer):
         self._skips.poll()
         return given
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Load a checkpoint from any path; shapes are checked before anything changes.
-
-        State tensors move to their parameter's device and are not cast to the
-        parameter's dtype (torch.optim's rule, which would break float32 state
-        of bf16 parameters and the float64 ``b_sq``). Saved in another dtype
-        than this optimizer keeps them in (say, float64 state from float64
-        parameters loaded for float32 ones), they take it: the group scalars
-        here, the per-parameter state at the next step.
-        """
-        saved_groups = state_dict.get("param_groups", [])
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, "
-                f"this optimizer has {len(self.param_groups)}"
-            )
-        id_map: Dict[Any, Tensor] = {}
-        for gi, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    f"parameter group {gi} of the loaded state dict has "
-                    f"{len(saved['params'])} parameters, this optimizer's has {len(group['params'])}"
-                )
-            id_map.update(zip(saved["params"], group["params"]))
-        for pid, pstate in state_dict.get("state", {}).items():
-            param = id_map.get(pid)
-            for key, value in pstate.items():
-                if param is None or not isinstance(value, Tensor) or key in self._group_state_keys:
-                    continue
-                if value.shape != param.shape:
-                    raise ValueError(
-                        f"state {key!r} of parameter {pid} has shape {tuple(value.shape)}, "
-                        f"but the parameter has shape {tuple(param.shape)}"
-                    )
-        super().load_state_dict(state_dict)
-        for pid, pstate in state_dict.get("state", {}).items():
-            param = id_map.get(pid)
-            if param is None:
-                continue
-            self.state[param] = {
-                k: (_place(v.detach().clone(), param.device) if isinstance(v, Tensor) else copy.deepcopy(v))
-                for k, v in pstate.items()
-            }
-        for group in self.param_groups:
-            first = group["params"][0] if group["params"] else None
-            if first is not None and all(k in self.state.get(first, {}) for k in self._group_state_keys):
-                self._cast_group_state(self.state[first], group, first.device)
-
-    def _cast_group_state(self, state: Dict[str, Any], group: Dict[str, Any], device: torch.device) -> None:
-        """Give the group scalars the dtypes this optimizer creates them in on
-        ``device`` (a checkpoint from MPS has float32 ``b_sq``; the compiled
-        advance ops take float64), so that no step fails half-way on them."""
-        dtypes = self._group_dtypes.get(device)
-        if dtypes is None:
-            fresh = self._init_group_state(group, device)
-            dtypes = self._group_dtypes[device] = {k: v.dtype for k, v in fresh.items()}
-        for k, dtype in dtypes.items():
-            if state[k].dtype != dtype:
-                state[k] = state[k].to(dtype)
-
     # ------------------------------------------------------------------ internals
 
     def _collect_work(self) -> List[Tuple[Dict[str, Any], Dict[Tuple[torch.device, torch.dtype], List[Tensor]]]]:
@@ -307,6 +252,7 @@ class LossDrivenOptimizer(Optimizer):
         name = type(self).__name__
         work = []
         for group in self.param_groups:
+            _lr_as_0d(group)  # a scheduler or the user may have set a (1,)-shaped lr
             if not group["params"]:  # torch.optim allows empty groups (HF Trainer makes them)
                 continue
             buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]] = defaultdict(list)
@@ -339,10 +285,16 @@ class LossDrivenOptimizer(Optimizer):
                 return group["params"][0].device
         return None
 
+    def _wants_kernels(self) -> bool:
+        """torch.optim's convention: the fused kernels run when asked for
+        (``fused=True``) or when both flags are left to their defaults; an
+        explicit ``foreach=`` picks that path."""
+        return bool(self.fused) or (self.fused is None and self.foreach is None)
+
     def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
         """The update function for a bucket; ``kernels=False`` when the group's
         scalars are not on the device (see ``_advances_on_device``)."""
-        if kernels and self.fused is not False and fused_supported(device, dtype):
+        if kernels and self._wants_kernels() and fused_supported(device, dtype):
             return type(self)._fused
         if self.fused:
             raise RuntimeError(
@@ -364,7 +316,7 @@ class LossDrivenOptimizer(Optimizer):
     ) -> bool:
         """Whether the group's scalars are advanced by the compiled op: when
         some bucket takes the fused path and the op runs on the group's device."""
-        if self.fused is False or not _fused.advance_supported(device):
+        if not self._wants_kernels() or not _fused.advance_supported(device):
             return False
         return any(self._choose_impl(*key) is type(self)._fused for key in buckets)
 
@@ -380,7 +332,7 @@ class LossDrivenOptimizer(Optimizer):
             [gstate[k] for k in self._group_state_keys],
             found_inf=amp.on(device, "found_inf"),
             grad_scale=amp.on(device, "grad_scale"),
-            lr=_place(group["lr"], device) if isinstance(group["lr"], Tensor) else group["lr"],
+            lr=place(group["lr"], device) if isinstance(group["lr"], Tensor) else group["lr"],
             skips=skips,
             hyper=self._hyper(group),
         )
@@ -396,7 +348,7 @@ class LossDrivenOptimizer(Optimizer):
         args = self._update_args(group)
         for (device, dtype), params in buckets.items():
             update = self._choose_impl(device, dtype)
-            local_vector = _place(vector, device)
+            local_vector = place(vector, device)
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
                 update(params, grads, scalars=local_vector, master=master, **states, **args)
@@ -418,7 +370,7 @@ class LossDrivenOptimizer(Optimizer):
         checked when the group was added)."""
         gstate = self._group_state(group)
         gdevice = group["params"][0].device
-        scalars = self._advance(group, gstate, _place(loss, gdevice), _place(valid, gdevice))
+        scalars = self._advance(group, gstate, place(loss, gdevice), place(valid, gdevice))
         scalars.update(self._update_args(group))
         keys = self._param_state_keys(group)
         for (device, dtype), params in buckets.items():
@@ -429,7 +381,7 @@ class LossDrivenOptimizer(Optimizer):
             if inv_grad_scale is not None:
                 grads = unscale_grads(grads, _to_bucket(inv_grad_scale, device, cdtype))
             update_params(update, params, master, grads, states,
-                          {"valid": _place(valid, device), **kwargs})
+                          {"valid": place(valid, device), **kwargs})
 
     def _bucket_tensors(
         self, params: List[Tensor], keys: Tuple[str, ...], dtype: torch.dtype
@@ -487,15 +439,25 @@ class _AmpFlags:
     def on(self, device: torch.device, name: str) -> Optional[Tensor]:
         """One of the flags on ``device`` as float32, as the compiled ops take it."""
         t: Optional[Tensor] = getattr(self, name)
-        return None if t is None else _place(t, device).float()
+        return None if t is None else place(t, device).float()
 
     def apply(self, valid: Tensor, home: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
         """For the host-driven path: ``valid`` and no overflow; ``1 / scale`` or None."""
         if self.found_inf is not None:
-            valid = valid & (_place(self.found_inf, home) == 0)
+            valid = valid & (place(self.found_inf, home) == 0)
         if self.grad_scale is None:
             return valid, None
-        return valid, 1 / _place(self.grad_scale, home).to(scalar_dtype(home))
+        return valid, 1 / place(self.grad_scale, home).to(scalar_dtype(home))
+
+
+def _lr_as_0d(group: Dict[str, Any]) -> None:
+    """A one-element tensor ``lr`` of any shape becomes a 0-d view of itself
+    (in-place changes to the user's tensor still reach the optimizer); more
+    elements raise before anything changes."""
+    lr = group.get("lr")
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        check_lr(lr)
+        group["lr"] = lr.reshape(())
 
 
 def _any_dtensor(ts: List[Tensor]) -> bool:
@@ -506,15 +468,6 @@ def _local_all(ts: List[Tensor]) -> List[Tensor]:
     """The rank's own shards of DTensors (views: updates to them update the
     DTensors); other tensors as they are."""
     return [t.to_local() if _DTensor is not None and isinstance(t, _DTensor) else t for t in ts]
-
-
-def _place(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` on ``device``; a copy only when it must move (no host sync)."""
-    if t.device == device:
-        return t
-    if device.type == "mps" and t.dtype == torch.float64:
-        t = t.float()
-    return move(t, device)
 
 
 def _to_bucket(value: Any, device: torch.device, dtype: torch.dtype) -> Any:

@@ -21,11 +21,15 @@ class MissingLossError(RuntimeError):
 
 def _how_to_pass(owner: str) -> str:
     return (
-        f"{owner}.step() needs the loss of the current mini-batch. Either pass a "
-        f"closure that recomputes it, `opt.step(closure)` where closure() "
-        "zeroes the gradients, computes the loss, calls loss.backward() and returns "
-        "the loss; or call loss.backward() yourself and then pass the value with "
-        "`step(loss=loss)` (a one-element tensor or a Python number)."
+        f"{owner}.step() needs the loss of the current mini-batch (a one-element "
+        "tensor or a Python number). After loss.backward(), pass it with "
+        "`opt.step(loss=loss)`, or as a closure that returns it, `opt.step(lambda: loss)`: "
+        "that form also goes through wrappers whose step() takes only a closure, such as "
+        "Hugging Face Accelerate's AcceleratedOptimizer. A closure may also recompute "
+        "the loss (zero the gradients, compute it, call backward, return it). Loops "
+        "that call step() with no argument: wrap the optimizer in "
+        "lossopt_cuda.integrations.AccumulatedLossOptimizer and record each loss "
+        "with add_loss()."
     )
 
 
@@ -87,6 +91,16 @@ def move(t: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = N
     may be read before it has landed.
     """
     return t.to(device=device, dtype=dtype, non_blocking=device.type != "cpu")
+
+
+def place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a copy only when it must move (no host sync). MPS
+    has no float64: such tensors go there as float32."""
+    if t.device == device:
+        return t
+    if device.type == "mps" and t.dtype == torch.float64:
+        t = t.float()
+    return move(t, device)
 
 
 def average_across_ranks(loss: torch.Tensor, process_group: Optional[Any]) -> torch.Tensor:

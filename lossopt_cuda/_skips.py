@@ -26,6 +26,10 @@ class _DeviceCount:
         if device.type == "cuda":
             self.snapshot = torch.zeros((), dtype=torch.int64, pin_memory=True)
 
+    def __getstate__(self) -> dict:
+        # A CUDA event cannot be pickled or copied: a copy issues its own read.
+        return {**self.__dict__, "event": None}
+
     def read_without_waiting(self) -> Optional[int]:
         """The count as of some recent step, or None if no copy has landed yet."""
         if self.on_cpu:

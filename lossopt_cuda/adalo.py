@@ -41,9 +41,11 @@ class AdaLo(LossDrivenOptimizer):
         eps: floor of ``lr_t`` (not added to any denominator).
         mode: ``"adversarial"`` (loss up, lr down) or ``"compliant"`` (loss up, lr up).
         foreach: ``False``: per-tensor for-loop; ``True``: ``torch._foreach_*``;
-            ``None``: the fastest path available.
+            ``None``: decided by ``fused``. As in torch.optim, an explicit
+            ``foreach`` picks that path and the kernels are not used.
         fused: ``True`` requires the compiled kernels; ``None`` uses them when
-            available.
+            available and ``foreach`` is ``None`` too, else ``foreach``;
+            ``False`` never uses them.
         average_loss: average the loss over the process group when
             ``torch.distributed`` runs with more than one rank.
         process_group: the group to average over (default: the world).
