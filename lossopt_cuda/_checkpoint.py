@@ -117,6 +117,11 @@ class CheckpointMixin(Optimizer):
         for pid, pstate in state_dict.get("state", {}).items():
             param = id_map.get(pid)
             pstate = dict(pstate)
+            present = [k for k in self._group_state_keys if k in pstate]
+            if param is not None and present and len(present) != len(self._group_state_keys):
+                missing = [k for k in self._group_state_keys if k not in pstate]
+                raise ValueError(f"state of parameter {pid} has the group scalars {present} "
+                                 f"but not {missing}: a checkpoint of another optimizer?")
             for key, value in pstate.items():
                 if param is None:
                     continue

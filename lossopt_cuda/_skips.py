@@ -28,7 +28,16 @@ class _DeviceCount:
 
     def __getstate__(self) -> dict:
         # A CUDA event cannot be pickled or copied: a copy issues its own read.
-        return {**self.__dict__, "event": None}
+        return {**self.__dict__, "event": None, "snapshot": None}
+
+    def __setstate__(self, state: dict) -> None:
+        # The count may have been loaded onto another device (map_location),
+        # and a copied snapshot is no longer pinned (its copy would block).
+        self.__dict__.update(state)
+        self.on_cpu = self.count.device.type == "cpu"
+        self.event = None
+        self.snapshot = (torch.zeros((), dtype=torch.int64, pin_memory=True)
+                         if self.count.device.type == "cuda" else None)
 
     def read_without_waiting(self) -> Optional[int]:
         """The count as of some recent step, or None if no copy has landed yet."""

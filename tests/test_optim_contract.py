@@ -406,6 +406,38 @@ def test_a_group_scalar_that_is_not_a_number_is_refused(name, path, garbage, gen
     _assert_same_run(twin_params, twin, params, opt, msg="after the refused load")
 
 
+@pytest.mark.parametrize("name", ["AdamL"])  # the rule with two group scalars
+def test_a_partial_set_of_group_scalars_is_refused(name, gen):
+    """AdamL keeps `step` and `loss0` per group; a checkpoint with one and not
+    the other (another optimizer's) is refused before anything changes,
+    rather than having both silently re-initialised at the next step."""
+    cls = OPTS[name]
+    params = make_params(F32, 43)
+    opt = make_opt(cls, params, "foreach", **HP[name])
+    _run(opt, params, _schedule(gen, params, 1))
+    bad = copy.deepcopy(opt.state_dict())
+    del bad["state"][_first_state_index(bad, 0)]["loss0"]
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match="loss0"):
+        opt.load_state_dict(bad)
+    assert_unchanged(opt, params, snap, msg="refused load_state_dict")
+
+
+def test_a_loaded_skip_counter_reads_from_where_its_count_is():
+    """A skip counter pickled on a GPU and loaded onto the CPU (map_location)
+    reads its count on the CPU; one kept on a GPU gets a fresh pinned buffer
+    (a copied one is not pinned, and its copy would block)."""
+    from lossopt_cuda._skips import _DeviceCount
+
+    count = _DeviceCount(torch.device("cpu"))
+    state = {**count.__dict__, "on_cpu": False, "snapshot": torch.zeros((), dtype=torch.int64)}
+    loaded = _DeviceCount.__new__(_DeviceCount)
+    loaded.__setstate__(state)
+    assert loaded.on_cpu and loaded.snapshot is None and loaded.event is None
+    loaded.count.add_(3)
+    assert loaded.read_without_waiting() == 3
+
+
 # ============================================================================
 # 5. foreach= / fused= pick the path as in torch.optim
 # ============================================================================

@@ -77,7 +77,7 @@ void count(const std::vector<int64_t>& sizes, Order order, std::mt19937_64& rng)
       }
     }
   }
-  scalars.intact();
+  HOST_CHECK(scalars.intact(), where, "the scalar vector's guards changed");
 }
 
 }  // namespace
