@@ -15,6 +15,7 @@ One ``step()``:
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -203,6 +204,9 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         reported with a ``RuntimeWarning``.
         """
         name = type(self).__name__
+        if closure is None and loss is None and _called_by_checkpoint_init():
+            self._create_state()
+            return None
         given = obtain_loss(closure, loss, name)
         work = self._collect_work()
         home = self._home_device()
@@ -245,6 +249,16 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         return given
 
     # ------------------------------------------------------------------ internals
+
+    def _create_state(self) -> None:
+        """Create, without stepping, the state the first step would create for
+        the parameters that have gradients: what torch.distributed.checkpoint
+        asks of a fresh optimizer (see ``_called_by_checkpoint_init``)."""
+        for group, buckets in self._collect_work():
+            self._group_state(group)
+            keys = self._param_state_keys(group)
+            for (_, dtype), params in buckets.items():
+                self._bucket_tensors(params, keys, dtype)
 
     def _collect_work(self) -> List[Tuple[Dict[str, Any], Dict[Tuple[torch.device, torch.dtype], List[Tensor]]]]:
         """Group the parameters that have gradients by (device, dtype); raise on
@@ -448,6 +462,25 @@ class _AmpFlags:
         if self.grad_scale is None:
             return valid, None
         return valid, 1 / place(self.grad_scale, home).to(scalar_dtype(home))
+
+
+def _called_by_checkpoint_init() -> bool:
+    """Whether step() was called by torch.distributed.checkpoint's
+    ``_init_optim_state``, which gives a fresh optimizer zero gradients and
+    steps it with no loss (and lr = 0) only to make it create its state, so
+    that ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (FSDP2
+    resumption) see every state key. A loss-driven step cannot run without a
+    loss, and AdaLo's would move the parameters even at lr = 0 (it ignores
+    lr), so the state is created without a step instead."""
+    frame = sys._getframe(2)
+    for _ in range(8):  # step()'s decorators and torch's hook wrapper sit between
+        if frame is None:
+            return False
+        if (frame.f_code.co_name == "_init_optim_state"
+                and frame.f_globals.get("__name__") == "torch.distributed.checkpoint.state_dict"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _lr_as_0d(group: Dict[str, Any]) -> None:

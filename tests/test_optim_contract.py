@@ -438,6 +438,49 @@ def test_a_loaded_skip_counter_reads_from_where_its_count_is():
     assert loaded.read_without_waiting() == 3
 
 
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["float32", "bfloat16-master"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", NAMES)
+def test_distributed_checkpoint_resumes_into_a_fresh_optimizer(name, path, dtype, gen):
+    """torch.distributed.checkpoint's get/set_optimizer_state_dict (how FSDP2
+    training resumes) first make a fresh optimizer create its state by giving
+    it zero gradients and calling step() with no loss. That creates the state
+    without a step (no parameter moves, not even AdaLo's, which ignores the
+    lr = 0 it is given), and the resumed optimizer steps as the original."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    cls, master = OPTS[name], dtype != F32
+    net = _net(dtype, 7)
+    opt = make_opt(cls, net.parameters(), path, master_weights=master, **HP[name])
+    params = list(net.parameters())
+    sched = _schedule(gen, params, 4)
+    _run(opt, params, sched[:2])
+    saved = get_optimizer_state_dict(net, opt)
+
+    twin = copy.deepcopy(net)
+    twin_params = list(twin.parameters())
+    fresh = make_opt(cls, twin.parameters(), path, master_weights=master, **HP[name])
+    before = [p.detach().clone() for p in twin_params]
+    template = get_optimizer_state_dict(twin, fresh)  # the fresh optimizer creates its state
+    assert all(torch.equal(p, b) for p, b in zip(twin_params, before)) and all(p.grad is None for p in twin_params)
+    assert {k: sorted(v) for k, v in template["state"].items()} == {k: sorted(v) for k, v in saved["state"].items()}
+    set_optimizer_state_dict(twin, fresh, saved)
+    _run(opt, params, sched[2:])
+    _run(fresh, twin_params, sched[2:])
+    _assert_same_run(params, opt, twin_params, fresh, msg="resumed through get/set_optimizer_state_dict")
+
+
+def test_step_without_a_loss_still_raises_outside_checkpoint_init():
+    """Only torch.distributed.checkpoint's state initialisation may call step()
+    with no loss; anywhere else it is still the clear error."""
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.zeros(3)
+    opt = AdamL([p])
+    with pytest.raises(MissingLossError):
+        opt.step()
+    assert not opt.state
+
+
 # ============================================================================
 # 5. foreach= / fused= pick the path as in torch.optim
 # ============================================================================
