@@ -63,8 +63,7 @@ class CheckpointMixin(Optimizer):
             hooked = pre_hook(self, state_dict)
             if hooked is not None:
                 state_dict = hooked
-        state_dict = self._checked_state_dict(state_dict)
-        id_map = self._saved_to_params(state_dict)
+        state_dict, id_map = self._checked_state_dict(state_dict)
         state: DefaultDict[Any, Dict[str, Any]] = defaultdict(dict)
         for pid, pstate in state_dict.get("state", {}).items():
             param = id_map.get(pid)
@@ -108,9 +107,10 @@ class CheckpointMixin(Optimizer):
             id_map.update(zip(saved["params"], group["params"]))
         return id_map
 
-    def _checked_state_dict(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    def _checked_state_dict(self, state_dict: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[Any, Tensor]]:
         """A shallow copy of ``state_dict`` with number group scalars made
-        tensors; raises on shapes or values this optimizer cannot take."""
+        tensors, and the saved ids -> parameters map; raises on shapes or
+        values this optimizer cannot take."""
         id_map = self._saved_to_params(state_dict)
         out = dict(state_dict)
         out["state"] = {}
@@ -134,7 +134,7 @@ class CheckpointMixin(Optimizer):
                             f"but the parameter has shape {tuple(param.shape)}"
                         )
             out["state"][pid] = pstate
-        return out
+        return out, id_map
 
     def _cast_group_state(self, state: Dict[str, Any], group: Dict[str, Any], device: torch.device) -> None:
         """Give the group scalars the dtypes this optimizer creates them in on
