@@ -155,9 +155,7 @@ class CheckpointMixin(Optimizer):
         group cannot be pickled: an unpickled optimizer averages the loss over
         the default group (set ``process_group`` again for another); a
         ``copy.deepcopy`` shares the original's group."""
-        state = {**super().__getstate__(), **self._own_state()}
-        state["process_group"] = None
-        return state
+        return {**self._full_state(), "process_group": None}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # torch.optim's load_state_dict calls this too, with only the state
@@ -177,15 +175,14 @@ class CheckpointMixin(Optimizer):
             memo[id(self.process_group)] = self.process_group  # shared, not copied
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        state = {**Optimizer.__getstate__(self), **self._own_state()}
-        new.__setstate__(copy.deepcopy(state, memo))
+        new.__setstate__(copy.deepcopy(self._full_state(), memo))
         return new
 
-    def _own_state(self) -> Dict[str, Any]:
+    def _full_state(self) -> Dict[str, Any]:
+        """torch.optim's pickled state plus every attribute set in ``__init__``."""
         own = {name: getattr(self, name) for name in _OWN_ATTRIBUTES}
-        own["_skips"] = self._skips
-        own["_group_dtypes"] = self._group_dtypes
-        return own
+        return {**Optimizer.__getstate__(self), **own,
+                "_skips": self._skips, "_group_dtypes": self._group_dtypes}
 
 
 def _group_scalar(key: str, pid: Any, value: Any) -> Tensor:

@@ -20,11 +20,16 @@ import torch
 class _DeviceCount:
     def __init__(self, device: torch.device) -> None:
         self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.on_cpu = device.type == "cpu"
-        self.snapshot: Optional[torch.Tensor] = None
+        self._prepare_reads()
+
+    def _prepare_reads(self) -> None:
+        """How the count is read, from where it is: directly on the CPU; on a
+        GPU through a pinned host copy and an event, never by waiting."""
+        self.on_cpu = self.count.device.type == "cpu"
         self.event: Optional[torch.cuda.Event] = None
-        if device.type == "cuda":
-            self.snapshot = torch.zeros((), dtype=torch.int64, pin_memory=True)
+        self.snapshot: Optional[torch.Tensor] = (
+            torch.zeros((), dtype=torch.int64, pin_memory=True)
+            if self.count.device.type == "cuda" else None)
 
     def __getstate__(self) -> dict:
         # A CUDA event cannot be pickled or copied: a copy issues its own read.
@@ -34,10 +39,7 @@ class _DeviceCount:
         # The count may have been loaded onto another device (map_location),
         # and a copied snapshot is no longer pinned (its copy would block).
         self.__dict__.update(state)
-        self.on_cpu = self.count.device.type == "cpu"
-        self.event = None
-        self.snapshot = (torch.zeros((), dtype=torch.int64, pin_memory=True)
-                         if self.count.device.type == "cuda" else None)
+        self._prepare_reads()
 
     def read_without_waiting(self) -> Optional[int]:
         """The count as of some recent step, or None if no copy has landed yet."""
