@@ -6,20 +6,23 @@ What gets built, decided here and reported at the end of the build:
   (for ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0+PTX``);
 * CPU kernels only, with a CPU build of torch, or when the CUDA toolkit does not
   match torch's CUDA major version;
-* nothing (a pure-Python install, every path but ``fused``), with
-  ``LOSSOPT_BUILD=none`` or when no compiler works. An install never fails only
-  because CUDA or a compiler is absent.
+* nothing, with ``LOSSOPT_BUILD=none``, when no compiler works, or in pip's
+  isolated build environment (where torch is absent). An install never fails
+  only because CUDA or a compiler is absent.
 
-Install with ``pip install --no-build-isolation .``: the kernels must be
-compiled against the exact torch they will run with, so the build has to see the
-torch already installed, not a fresh one in an isolated build environment.
+The kernels must be compiled against the exact torch they will run with, so an
+install that builds them has to see the installed torch:
+``pip install --no-build-isolation .``. A plain ``pip install .`` installs
+Python and the kernels' sources (``lossopt_cuda/_csrc``), and the package
+compiles the CPU kernels on first use (lossopt_cuda/_jit.py).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
+import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -27,9 +30,17 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 DEFAULT_ARCHS = "8.0;9.0+PTX"
+RECORD = "_build_record.json"  # read by lossopt_cuda/_kernels.py
+
+# The compiler flags, shared with the build on first use (lossopt_cuda/_jit.py);
+# loaded by path, as the package cannot be imported before it is built.
+_spec = importlib.util.spec_from_file_location("_compile_flags", HERE / "lossopt_cuda" / "_compile_flags.py")
+flags_of = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(flags_of)
 
 
 def log(msg: str) -> None:
@@ -71,10 +82,8 @@ def extensions():
     except ImportError:
         return [], "pure Python (torch is not importable at build time: install torch first and use --no-build-isolation)"
 
-    cxx_flags = ["-O3", "-fno-math-errno"]
-    # at::parallel_for is inline code around `#pragma omp parallel` (torch's
-    # ATen/ParallelOpenMP.h): without -fopenmp it silently runs on one thread.
-    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform.startswith("linux") else []
+    cxx_flags = list(flags_of.CXX_FLAGS)
+    openmp = flags_of.openmp_flags(torch.backends.openmp.is_available())
 
     want_cuda = mode in ("auto", "cuda") and torch.version.cuda is not None
     cuda_home = find_cuda_home() if want_cuda else None
@@ -100,14 +109,13 @@ def extensions():
         CppExtension(
             f"lossopt_cuda._cpu_{isa.lower()}",
             ["csrc/cpu/kernels.cpp"],
-            define_macros=[("LOSSOPT_CPU_MODULE", f"_cpu_{isa.lower()}"),
-                           ("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)],
+            define_macros=flags_of.cpu_module_macros(isa, f"_cpu_{isa.lower()}"),
             extra_compile_args={"cxx": cxx_flags + flags + openmp},
             extra_link_args=openmp,
         )
-        for isa, flags in cpu_isas()
+        for isa, flags in flags_of.cpu_isas()
     ]
-    isas = "/".join(isa for isa, _ in cpu_isas())
+    isas = "/".join(isa for isa, _ in flags_of.cpu_isas())
 
     if cuda_home is None:
         ext = CppExtension("lossopt_cuda._C", ["csrc/ops.cpp", "csrc/cpu/advance.cpp"],
@@ -127,30 +135,6 @@ def extensions():
     )
     return [ext] + cpu_exts, (f"CPU kernels ({isas}) and CUDA kernels (CUDA {torch.version.cuda}, "
                               f"archs {archs}, toolkit {cuda_home})")
-
-
-def cpu_isas() -> list[tuple[str, list[str]]]:
-    """Instruction sets to compile the CPU kernels for, with their compiler flags
-    (those ATen uses for its own kernels). At run time the package loads the one
-    matching ``torch.backends.cpu.get_cpu_capability()``.
-
-    ``LOSSOPT_CPU_ISAS`` (comma-separated, e.g. ``AVX512``) builds only those,
-    for a build that runs on one known machine (scripts/gpu_check.sh)."""
-    isas = [("DEFAULT", [])]
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        isas += [
-            ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
-            ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
-        ]
-    wanted = os.environ.get("LOSSOPT_CPU_ISAS", "").replace(" ", "")
-    if wanted:
-        names = {n.upper() for n in wanted.split(",") if n}
-        unknown = names - {isa for isa, _ in isas}
-        if unknown:
-            raise RuntimeError(f"LOSSOPT_CPU_ISAS: {sorted(unknown)} not among "
-                               f"{[isa for isa, _ in isas]} on this machine")
-        isas = [(isa, flags) for isa, flags in isas if isa in names]
-    return isas
 
 
 # Optional: lossopt_cuda.integrations for PyTorch Lightning and the HF Trainer.
@@ -189,10 +173,38 @@ if EXT_MODULES:
                 self.extensions = []
                 self.distribution.ext_modules = []
                 return
+            self.write_build_record()
             log(f"built {WHAT}")
+
+        def write_build_record(self):
+            """Beside the modules: the torch they were built against, so that
+            under another torch the package leaves them unloaded (and builds on
+            first use) instead of crashing at import."""
+            import torch
+
+            folder = Path(self.get_ext_fullpath("lossopt_cuda._C")).parent
+            record = {"torch_version": torch.__version__, "what": WHAT}
+            (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
     cmdclass["build_ext"] = OptionalBuildExtension.with_options(use_ninja=True)
 log(f"building {WHAT}")
+
+
+class BuildPyWithSources(build_py):
+    """Ship csrc/ inside the package (lossopt_cuda/_csrc), so that an install
+    without compiled kernels can compile them on first use."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib, "lossopt_cuda", "_csrc")
+        for source in sorted((HERE / "csrc").rglob("*")):
+            if source.suffix in (".h", ".cuh", ".cpp", ".cu"):
+                dest = target / source.relative_to(HERE / "csrc")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.copy_file(str(source), str(dest))
+
+
+cmdclass["build_py"] = BuildPyWithSources
 
 setup(
     name="lossopt-cuda",
@@ -204,7 +216,8 @@ setup(
     ext_modules=EXT_MODULES,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    # ninja: torch.utils.cpp_extension builds with it, at install and on first use.
+    install_requires=["torch>=2.4", "ninja"],
     extras_require={
         # The tests also exercise the integrations, so they pull those in too.
         "test": ["pytest>=7", "hypothesis>=6", "numpy", "scikit-learn>=1.2", "tqdm",

@@ -83,7 +83,7 @@ for _path in (str(REPO), str(HERE)):  # run from a checkout without `pip install
 
 import lossopt_cuda  # noqa: E402
 from lossopt_cuda import AdaLo, AdaLoss, AdamL  # noqa: E402
-from lossopt_cuda._build import FUSED_DTYPES  # noqa: E402
+from lossopt_cuda._kernels import FUSED_DTYPES  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from _shapes import numel_of, target_shapes, transformer_shapes  # noqa: E402

@@ -6,9 +6,7 @@
 // It knows nothing about any rule beyond its <Rule>Group interface.
 #pragma once
 
-#include <cstdint>
-
-#include "rules/common.h"
+#include "rules/common.h"  // and the fixed-width integers
 
 namespace lossopt {
 

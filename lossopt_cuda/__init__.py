@@ -4,7 +4,7 @@ Each optimizer takes the current loss at every step, ``opt.step(closure)`` or
 ``opt.step(loss=loss)``, and sets its step size from it.
 """
 
-from ._build import build_info
+from ._kernels import build_info
 from ._loss import MissingLossError
 from .adalo import AdaLo
 from .adaloss import AdaLoss

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 
 from . import _fused
 from ._checkpoint import CheckpointMixin
-from ._build import fused_supported, require_kernels
+from . import _kernels
 from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss, place,
                     scalar_dtype, will_average)
 from ._reference import compute_dtype, unscale_grads, update_params, write_
@@ -119,7 +119,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         if foreach and fused:
             raise ValueError(f"{name}: foreach=True and fused=True cannot be used together")
         if fused:
-            require_kernels(name)  # no kernels at all: say how to build them
+            _kernels.require_kernels(name)  # none at all: build them, or say how
         # The path is a property of this optimizer object, not of the checkpoint:
         # state saved on one path loads into an optimizer running any other.
         self.foreach = foreach
@@ -308,13 +308,17 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
     def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
         """The update function for a bucket; ``kernels=False`` when the group's
         scalars are not on the device (see ``_advances_on_device``)."""
-        if kernels and self._wants_kernels() and fused_supported(device, dtype):
+        if kernels and self._wants_kernels() and _kernels.fused_supported(device, dtype):
             return type(self)._fused
+        name = type(self).__name__
         if self.fused:
+            why = "" if _kernels.kernels_on(device.type) else f" ({_kernels.missing(device.type)})"
             raise RuntimeError(
-                f"{type(self).__name__}(fused=True): no compiled kernel for {dtype} "
-                f"parameters on {device}; use fused=None to fall back to foreach"
+                f"{name}(fused=True): no compiled kernel for {dtype} parameters on {device}{why}; "
+                "use fused=None to fall back to foreach"
             )
+        if self._wants_kernels() and not _kernels.kernels_on(device.type):
+            _kernels.warn_fallback(device.type, name)
         return type(self)._forloop if self.foreach is False else type(self)._foreach
 
     def _group_state(self, group: Dict[str, Any]) -> Dict[str, Tensor]:

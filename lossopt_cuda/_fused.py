@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _reference
-from ._build import _C, _INFO
+from . import _kernels
 from ._reference import unscale_grads
 
 #: The rule's entries of the scalar vector, after ``valid`` and ``inv_grad_scale``,
@@ -42,7 +42,10 @@ _VALID, _INV_GRAD_SCALE, _RULE = 0, 1, 2
 
 def advance_supported(device: torch.device) -> bool:
     """Whether the ``<rule>_advance`` ops run on this device."""
-    return _C is not None and (device.type == "cpu" or (device.type == "cuda" and _INFO["cuda"]))
+    if device.type == "cpu":
+        _kernels.kernels_on("cpu")  # the first call may build the CPU kernels (and ops)
+        return _kernels.ops_loaded()
+    return device.type == "cuda" and _kernels.kernels_on("cuda")
 
 
 def scalar_kwargs(vector: Tensor, names: Sequence[str], dtype: torch.dtype) -> Dict[str, Tensor]:
@@ -203,16 +206,19 @@ def _float_or_double(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.double()
 
 
-if _C is not None:
-    # Fake implementations for tracing (torch.compile, FakeTensor): the update
-    # ops only mutate their inputs; the advance ops return the scalar vector.
-    for _name in ("adalo_", "adaml_", "adaloss_"):
-        torch.library.register_fake(f"lossopt::{_name}")(lambda *args, **kwargs: None)
+def _register_fakes() -> None:
+    """Fake implementations for tracing (torch.compile, FakeTensor): the update
+    ops only mutate their inputs; the advance ops return the scalar vector."""
+    for name in ("adalo_", "adaml_", "adaloss_"):
+        torch.library.register_fake(f"lossopt::{name}")(lambda *args, **kwargs: None)
 
-    def _fake_advance(n_scalars: int) -> Callable[..., Tensor]:
+    def fake_advance(n_scalars: int) -> Callable[..., Tensor]:
         def fake(loss, state, found_inf, grad_scale, lr_tensor, skips, hyper, lr):
             return state[0].new_empty((n_scalars,), dtype=torch.float64)
         return fake
 
-    for _name, _names in (("adalo", ADALO_SCALARS), ("adaml", ADAML_SCALARS), ("adaloss", ADALOSS_SCALARS)):
-        torch.library.register_fake(f"lossopt::{_name}_advance")(_fake_advance(_RULE + len(_names)))
+    for name, names in (("adalo", ADALO_SCALARS), ("adaml", ADAML_SCALARS), ("adaloss", ADALOSS_SCALARS)):
+        torch.library.register_fake(f"lossopt::{name}_advance")(fake_advance(_RULE + len(names)))
+
+
+_kernels.when_loaded(_register_fakes)  # now, or when a build on first use loads the ops

@@ -106,7 +106,7 @@ class SkipCounter:
                 "and no optimizer state (next warning at "
                 f"{2 * seen} skips; `skipped_steps` has the exact count).",
                 RuntimeWarning,
-                stacklevel=_user_stacklevel(),
+                stacklevel=user_stacklevel(),
             )
             self._reported = seen
             self._next_warning = 2 * seen
@@ -122,7 +122,7 @@ _LIBRARY_DIRS = (
 )
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """The stacklevel of the first frame outside this package and torch (the
     user's ``step()`` call), so the warning points there and filters by module work."""
     frame, level = sys._getframe(1), 1  # the caller of this function is level 1

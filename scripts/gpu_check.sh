@@ -14,6 +14,9 @@
 #      supported", is recorded as skipped, and the script then runs once
 #      without it);
 #   5. benchmarks/step_time.py --out ..., if that script exists and takes --out;
+#   5b. the CUDA kernels of a plain install, compiled with NVRTC (a copy of the
+#      package without compiled modules, `python -m lossopt_cuda.build`), and
+#      tests/test_cuda.py on them, with what is left of the budget;
 #   6. write benchmarks/results/gpu_check_<stamp>.md and, when OUT is set, put
 #      in $OUT at most 8 files: the summary, the benchmark JSON (if any),
 #      test_cuda.log, and gpu_check_<stamp>.tar.gz holding everything else
@@ -59,6 +62,8 @@ set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || { echo "gpu_check: cannot cd to the repository root" >&2; exit 2; }
 ROOT=$(pwd -P)  # physical, as git rev-parse --show-toplevel prints it
 PY=${PYTHON:-python3}
+PY=$(command -v "$PY" 2>/dev/null || echo "$PY")  # absolute: some steps run elsewhere
+case $PY in /*) ;; *) PY=$ROOT/$PY ;; esac
 BUDGET=${GPU_CHECK_BUDGET:-450}
 START=$(date +%s)
 # The commit and the count of uncommitted files, before this script writes
@@ -434,6 +439,48 @@ else
     fi
 fi
 
+# ---------------------------------------------------------------- 5b. NVRTC
+# The CUDA kernels as a plain `pip install` gets them where there is no nvcc:
+# compiled with NVRTC on first use (lossopt_cuda/_nvrtc.py). A copy of the
+# package without any compiled module (as a plain install lays it out), built
+# with `python -m lossopt_cuda.build` into a fresh cache, then
+# tests/test_cuda.py on it, run from outside the tree.
+t0=$(date +%s)
+NVRTC_SUMMARY="not run"
+if (( $(left 0) < 60 )); then
+    record nvrtc skipped "out of time budget ($(left 0) s left)"
+    NVRTC_SUMMARY="not run: out of time budget"
+else
+    NV_SITE=$TMPD/nvrtc_site
+    mkdir -p "$NV_SITE"
+    tar --exclude='*.so' --exclude='__pycache__' --exclude='_build_record.json' -cf - lossopt_cuda | tar -xf - -C "$NV_SITE"
+    cp -r csrc "$NV_SITE/lossopt_cuda/_csrc"
+    NV_PYTHONPATH=$NV_SITE${PYTHONPATH#"$ROOT"}  # the tree's own package off the path
+    log "NVRTC: building into a fresh cache, then tests/test_cuda.py on it (log: $LOGDIR/test_cuda_nvrtc.log)"
+    (cd "$TMPD" && PYTHONPATH=$NV_PYTHONPATH LOSSOPT_CACHE_DIR="$TMPD/nvrtc_cache" timeout --kill-after=5 "$(limit 90 0)" \
+        "$PY" -m lossopt_cuda.build) > "$LOGDIR/nvrtc_build.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ] || ! grep -q '"cuda_source": "nvrtc"' "$LOGDIR/nvrtc_build.log"; then
+        record nvrtc FAILED "python -m lossopt_cuda.build: exit $rc, no NVRTC kernels; see nvrtc_build.log: $(grep -m1 cuda_missing "$LOGDIR/nvrtc_build.log" | cut -c1-300)" $(( $(date +%s) - t0 ))
+        NVRTC_SUMMARY="the NVRTC build failed (nvrtc_build.log)"
+    else
+        (cd "$TMPD" && PYTHONPATH=$NV_PYTHONPATH LOSSOPT_CACHE_DIR="$TMPD/nvrtc_cache" LOSSOPT_JIT=0 \
+            OMP_NUM_THREADS=${TEST_THREADS:-1} timeout --kill-after=5 "$(limit 150 0)" \
+            "$PY" -m pytest "$ROOT/tests/test_cuda.py" --rootdir "$ROOT" -q -m cuda -rfEs -p no:cacheprovider \
+            ${XDIST_OPT[@]+"${XDIST_OPT[@]}"} ${CONFTEST_OPT[@]+"${CONFTEST_OPT[@]}"}) > "$LOGDIR/test_cuda_nvrtc.log" 2>&1
+        rc=$?
+        NVRTC_SUMMARY=$(grep -E '[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s' "$LOGDIR/test_cuda_nvrtc.log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//')
+        NVRTC_SUMMARY=${NVRTC_SUMMARY:-"no pytest summary line (exit $rc)"}
+        if [ $rc -ne 0 ] || ! echo "$NVRTC_SUMMARY" | grep -qE '[0-9]+ passed'; then
+            record nvrtc FAILED "pytest exit $rc: $NVRTC_SUMMARY" $(( $(date +%s) - t0 ))
+            NVRTC_SUMMARY="$NVRTC_SUMMARY
+$(grep -E '^(FAILED|ERROR) ' "$LOGDIR/test_cuda_nvrtc.log" | head -n 40)"
+        else
+            record nvrtc ok "$NVRTC_SUMMARY" $(( $(date +%s) - t0 ))
+        fi
+    fi
+fi
+
 # ---------------------------------------------------------------- 6. summary and $OUT
 # At most 8 files come back from $OUT (the rest are dropped) and no folder
 # does: the summary, the benchmark JSON, test_cuda.log, and one tarball of the
@@ -504,6 +551,10 @@ fi
         echo "$TEST_FAILURES"
         echo '```'
     fi
+    echo
+    echo "## Tests on the NVRTC-compiled kernels (a plain install's, no nvcc)"
+    echo
+    echo "$NVRTC_SUMMARY"
     echo
     echo "## compute-sanitizer memcheck (all fused ops, fp32/fp16/bf16, with and without master weights)"
     echo

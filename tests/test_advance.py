@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import lossopt_cuda
 from conftest import HAS_CPU_KERNELS, clone_params, make_grads, make_params, set_grads
-from lossopt_cuda import AdaLo, AdaLoss, AdamL, _build, _fused
+from lossopt_cuda import AdaLo, AdaLoss, AdamL, _fused, _kernels
 
 pytestmark = pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no compiled kernels")
 
@@ -155,7 +155,7 @@ def test_a_refused_advance_changes_nothing(cls, bad):
 def test_a_bucket_without_kernels_in_a_fused_group(cls, hp, gen, monkeypatch):
     """fused=None with a dtype the kernels lack (as float64 on CUDA): that
     bucket takes foreach with the scalars from the device vector, in the same step."""
-    monkeypatch.setitem(_build.FUSED_DTYPES, "cpu", (torch.float32,))
+    monkeypatch.setitem(_kernels.FUSED_DTYPES, "cpu", (torch.float32,))
     params = make_params(torch.float32, 1, [(5, 3), (7,)]) + make_params(F64, 2, [(4,), (2, 3)])
     twins = clone_params(params)
     opt = cls(params, **hp)

@@ -25,6 +25,10 @@ def test_build_info_keys_and_types():
     assert info["torch_version"] == torch.__version__
     assert info["cpu_isa"] in (None, "DEFAULT", "AVX2", "AVX512")
     assert (info["cpu_isa"] is None) == (not info["cpu_kernels"])
+    assert info["cpu_source"] in ("install", "jit") if info["cpu_kernels"] else info["cpu_source"] is None
+    assert info["cuda_source"] in ("install", "jit", "nvrtc") if info["cuda"] else info["cuda_source"] is None
+    assert (info["cpu_missing"] is None) == info["cpu_kernels"]
+    assert isinstance(info["cache_dir"], str)
     if info["cuda"]:
         assert info["cuda_archs"] and info["cuda_version"]
 

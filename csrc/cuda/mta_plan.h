@@ -11,13 +11,15 @@
 // No CUDA header at all, so that any compiler can take it.
 #pragma once
 
+#include "../rules/common.h"
+
+#if !defined(__CUDACC_RTC__)  // the plan is host code; NVRTC compiles device code only
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include "../rules/common.h"
+#endif
 
 namespace lossopt::cuda::mta {
 
@@ -50,6 +52,7 @@ static_assert(sizeof(TensorListMetadata<3>) <= 4096, "metadata over 4 KB");
 static_assert(sizeof(TensorListMetadata<4>) <= 4096, "metadata over 4 KB");
 static_assert(sizeof(TensorListMetadata<5>) <= 4096, "metadata over 4 KB");
 
+#if !defined(__CUDACC_RTC__)
 // Checks that every group has exactly Depth addresses, that the sizes are sane
 // and that no non-empty tensor has a null address. Throws std::invalid_argument.
 template <int Depth>
@@ -139,6 +142,8 @@ void multi_tensor_apply(const std::vector<std::vector<void*>>& tensors,
                          launch(meta, n_blocks, functor);
                        });
 }
+
+#endif  // !__CUDACC_RTC__
 
 // ---------------------------------------------------------------------------
 // What a thread uses to find its work.

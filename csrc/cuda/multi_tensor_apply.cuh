@@ -11,17 +11,10 @@
 
 #include <cuda_runtime.h>
 
+#include "device_position.h"
 #include "mta_plan.h"
 
 namespace lossopt::cuda::mta {
-
-// The position of the running thread (see mta::Position), read from CUDA's
-// built-in indices where the functor asks for it.
-struct DevicePosition {
-  __device__ __forceinline__ unsigned block() const { return blockIdx.x; }
-  __device__ __forceinline__ unsigned thread() const { return threadIdx.x; }
-  __device__ __forceinline__ unsigned block_dim() const { return blockDim.x; }
-};
 
 // The metadata is passed by value as the kernel argument; the functor reads it
 // by const reference (no copy, indexed reads from the parameter space).

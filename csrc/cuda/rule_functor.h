@@ -7,14 +7,30 @@
 // CUDA's half and bfloat16 headers only; their conversions run on both sides.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "../rules/common.h"
 #include "mta_plan.h"
 
+#if defined(LOSSOPT_NVRTC_HOST)
+// The host side of the NVRTC build (nvrtc_launch.cpp) launches the kernels but
+// runs no element code, and torch's CUDA wheels lack the headers cuda_fp16.h
+// needs on the host (CCCL's nv/target): there the 16-bit types are stand-ins
+// of the same size, which only name the kernels.
+namespace lossopt::cuda {
+struct Half { unsigned short bits; };
+struct BFloat16 { unsigned short bits; };
+}  // namespace lossopt::cuda
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+namespace lossopt::cuda {
+using Half = __half;
+using BFloat16 = __nv_bfloat16;
+}  // namespace lossopt::cuda
+#endif
+
 namespace lossopt::cuda {
 
+#if !defined(LOSSOPT_NVRTC_HOST)
 // Conversions between the parameter type and the float the rule computes in.
 template <typename T>
 LOSSOPT_HD float to_float(T x);
@@ -33,6 +49,7 @@ template <>
 LOSSOPT_HD __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>
 LOSSOPT_HD __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+#endif
 
 // The per-chunk work of one rule on parameters of type T: the functor of
 // mta::multi_tensor_apply. Holds the device scalars and the host arguments;

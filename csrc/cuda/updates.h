@@ -41,12 +41,12 @@ void dispatch(const TensorLists& lists, const Args& args, int n_scalars, const c
       return launch_rule<float, Rule<float>, false>(lists, args, n_scalars, name, launch);
     case ParamType::kFloat16:
       return lists.master
-                 ? launch_rule<__half, Rule<float>, true>(lists, args, n_scalars, name, launch)
-                 : launch_rule<__half, Rule<float>, false>(lists, args, n_scalars, name, launch);
+                 ? launch_rule<Half, Rule<float>, true>(lists, args, n_scalars, name, launch)
+                 : launch_rule<Half, Rule<float>, false>(lists, args, n_scalars, name, launch);
     case ParamType::kBFloat16:
-      return lists.master ? launch_rule<__nv_bfloat16, Rule<float>, true>(lists, args, n_scalars,
+      return lists.master ? launch_rule<BFloat16, Rule<float>, true>(lists, args, n_scalars,
                                                                           name, launch)
-                          : launch_rule<__nv_bfloat16, Rule<float>, false>(lists, args, n_scalars,
+                          : launch_rule<BFloat16, Rule<float>, false>(lists, args, n_scalars,
                                                                            name, launch);
   }
   throw std::invalid_argument(std::string(name) + ": unknown parameter type");

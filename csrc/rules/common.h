@@ -3,8 +3,17 @@
 // (V = float) and the CPU kernel (V = float, double or at::vec::Vectorized).
 #pragma once
 
+#if defined(__CUDACC_RTC__)
+// NVRTC (the build on first use of the CUDA kernels) has no C++ standard
+// library: the fixed-width integers the device code uses. Its math functions
+// (sqrt, isfinite, ...) are built in.
+using int64_t = long long;
+using uint64_t = unsigned long long;
+using uintptr_t = unsigned long long;
+#else
 #include <cmath>
 #include <cstdint>
+#endif
 
 // LOSSOPT_HD marks what the GPU and the host both run: the rules, and the
 // kernels' per-thread bodies, which the host test of the kernels
@@ -53,10 +62,12 @@ LOSSOPT_HD double clamp_min(double x, double low) { return x < low ? low : x; }
 
 LOSSOPT_HD float vsqrt(float x) { return sqrtf(x); }
 LOSSOPT_HD double vsqrt(double x) { return sqrt(x); }
-// SIMD vector types (at::vec::Vectorized) bring their own sqrt().
+#if !defined(__CUDACC_RTC__)
+// SIMD vector types (at::vec::Vectorized, CPU only) bring their own sqrt().
 template <typename V>
 inline V vsqrt(const V& x) {
   return x.sqrt();
 }
+#endif
 
 }  // namespace lossopt
