@@ -155,9 +155,11 @@ class _Kernels:
                 toolkit = _nvrtc.find_toolkit()
                 allow = asked or _jit.enabled()
                 _jit.load_cuda_host(toolkit, build=allow)
-                cubins = _nvrtc.compile_cubins(toolkit, archs if archs is not None else gpus, build=allow)
+                wanted = [_nvrtc.normal_arch(a) for a in (archs if archs is not None else gpus)]
+                cubins = _nvrtc.compile_cubins(toolkit, wanted, build=allow)
+                here = {_nvrtc.arch_number(g) for g in gpus}
                 for arch, path in cubins.items():
-                    if arch in gpus:  # loading needs a GPU of that architecture
+                    if _nvrtc.arch_number(arch) in here:  # loading needs a GPU of that architecture
                         torch.ops.lossopt.nvrtc_add_cubin(_nvrtc.arch_number(arch), str(path))
             except _jit.BuildError as err:
                 self.why["cuda"] = f"the install built no CUDA kernels, and {err}"

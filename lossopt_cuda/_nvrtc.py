@@ -111,6 +111,12 @@ def arch_name(arch: str) -> str:
     return f"sm_{m.group(1)}{m.group(2)}{m.group(3)}"
 
 
+def normal_arch(arch: str) -> str:
+    """``"90"``, ``"9.0"``, ``"9.0+PTX"`` -> ``"9.0"`` (``"9.0a"`` keeps its suffix)."""
+    name = arch_name(arch)[3:]
+    return f"{name[:-1]}.{name[-1]}" if name[-1].isdigit() else f"{name[:-2]}.{name[-2:]}"
+
+
 def arch_number(arch: str) -> int:
     """``"9.0"`` -> 90, as compute capability major * 10 + minor."""
     return int(re.sub(r"\D", "", arch_name(arch)))

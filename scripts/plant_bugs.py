@@ -83,6 +83,21 @@ BUGS: List[Bug] = [
         "rules/adalo.h", "const double sigma = 1.0 / (2.0 + loss);", "const double sigma = 1.0 / (1.0 + loss);"),
     Bug("adaloss-decay-divided", "AdaLoss divides the weight decay by b too",
         "rules/adaloss.h", "if (decays) d = d + weight_decay * p;", "if (decays) d = d + weight_decay * p / b;"),
+    # The NVRTC build's launcher (tests/cpp/test_nvrtc_launch.cpp).
+    Bug("nvrtc-arch-minor-dropped", "the NVRTC launcher picks the code by the major version only",
+        "cuda/nvrtc_launch.cpp", "const int arch = major * 10 + minor;", "const int arch = major * 10 + 0 * minor;"),
+    Bug("nvrtc-stale-kernels", "replacing an architecture's code keeps its old kernels",
+        "cuda/nvrtc_launch.cpp",
+        'kernels_.erase(kernels_.lower_bound({arch, ""}), kernels_.lower_bound({arch + 1, ""}));', ""),
+    Bug("nvrtc-one-block-short", "the NVRTC launcher launches one block too few",
+        "cuda/nvrtc_launch.cpp", "static_cast<unsigned>(n_blocks), mta::kBlockSize",
+        "static_cast<unsigned>(n_blocks - 1), mta::kBlockSize"),
+    Bug("nvrtc-advance-many-threads", "the NVRTC advance kernel is launched with a warp",
+        "cuda/nvrtc_launch.cpp", "launch(AdvanceKernelName<Group>::value, Group::kOp, 1, 1,",
+        "launch(AdvanceKernelName<Group>::value, Group::kOp, 1, 32,"),
+    Bug("nvrtc-f16-named-bf16", "the kernel list names a float16 kernel as bfloat16",
+        "cuda/kernel_list.h", "UPDATE(name##_f16, Half, Rule, Args, false)",
+        "UPDATE(name##_bf16x, Half, Rule, Args, false)"),
 ]
 
 

@@ -249,6 +249,7 @@ def test_first_error_line(output, first):
                                                 ("9.0a", "sm_90a", 90), ("8.6+PTX", "sm_86", 86)])
 def test_cuda_architecture_names(arch, name, number):
     assert _nvrtc.arch_name(arch) == name and _nvrtc.arch_number(arch) == number
+    assert _nvrtc.normal_arch(arch) == f"{number // 10}.{number % 10}" + ("a" if arch.endswith("a") else "")
 
 
 @pytest.mark.parametrize("arch", ["", "sm_90", "nine", "9.0.1"])

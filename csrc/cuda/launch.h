@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -40,5 +41,10 @@ void adaloss(const TensorLists& lists, const rules::AdaLossArgs& args, bool mome
 // holds device addresses.
 template <typename Group>
 void launch_advance(const AdvanceArgs& args, cudaStream_t stream);
+
+// Only in the build whose kernels NVRTC compiled (nvrtc_launch.cpp): the cubin
+// at `path` serves the GPUs of compute capability arch / 10 . arch % 10 from
+// now on. Throws std::runtime_error if it cannot be read or loaded.
+void nvrtc_add_cubin(int arch, const std::string& path);
 
 }  // namespace lossopt::cuda

@@ -7,12 +7,13 @@
 // headers and runtime that torch's CUDA wheels bring.
 //
 // The compiled code (a cubin per architecture) is handed over by Python
-// through the lossopt::nvrtc_add_cubin op before the first launch; each is
-// loaded once as a context-independent library (cudaLibraryLoadData), which
-// serves every device of that architecture.
+// through the lossopt::nvrtc_add_cubin op (ops_cuda.cpp) before the first
+// launch; each is loaded once as a context-independent library
+// (cudaLibraryLoadData), which serves every device of that architecture.
+// No torch header: the host test of the kernels (tests/cpp/) runs this file
+// against a CUDA runtime of its own.
 
 #include <cuda_runtime_api.h>
-#include <torch/library.h>
 
 #include <fstream>
 #include <iterator>
@@ -129,9 +130,9 @@ struct NvrtcLaunch {
   }
 };
 
-void add_cubin(int64_t arch, const std::string& path) { kernels().add(static_cast<int>(arch), path); }
-
 }  // namespace
+
+void nvrtc_add_cubin(int arch, const std::string& path) { kernels().add(arch, path); }
 
 void adalo(const TensorLists& lists, const rules::AdaLoArgs& args) {
   updates::adalo(lists, args, NvrtcLaunch{lists.stream, "lossopt adalo"});
@@ -157,9 +158,3 @@ template void launch_advance<rules::AdamLGroup>(const AdvanceArgs&, cudaStream_t
 template void launch_advance<rules::AdaLossGroup>(const AdvanceArgs&, cudaStream_t);
 
 }  // namespace lossopt::cuda
-
-// nvrtc_add_cubin(arch, path): the compiled kernels for GPUs of compute
-// capability arch // 10 . arch % 10 (lossopt_cuda/_nvrtc.py calls it).
-TORCH_LIBRARY_FRAGMENT(lossopt, m) {
-  m.def("nvrtc_add_cubin(int arch, str path) -> ()", &lossopt::cuda::add_cubin);
-}

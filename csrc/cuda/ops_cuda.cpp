@@ -103,4 +103,16 @@ TORCH_LIBRARY_IMPL(lossopt, CUDA, m) {
   m.impl("adaloss_advance", &advance_cuda<rules::AdaLossGroup>);
 }
 
+#if defined(LOSSOPT_NVRTC_HOST)
+// nvrtc_add_cubin(arch, path): the kernels NVRTC compiled for GPUs of compute
+// capability arch / 10 . arch % 10 (lossopt_cuda/_kernels.py calls it once
+// per architecture before the first step).
+// (Its std::runtime_error reaches Python as a RuntimeError, as the launches' do.)
+void add_cubin(int64_t arch, const std::string& path) { nvrtc_add_cubin(static_cast<int>(arch), path); }
+
+TORCH_LIBRARY_FRAGMENT(lossopt, m) {
+  m.def("nvrtc_add_cubin(int arch, str path) -> ()", &add_cubin);
+}
+#endif
+
 }  // namespace lossopt::cuda

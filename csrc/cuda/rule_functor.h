@@ -30,21 +30,21 @@ using BFloat16 = __nv_bfloat16;
 
 namespace lossopt::cuda {
 
-#if !defined(LOSSOPT_NVRTC_HOST)
-// Conversions between the parameter type and the float the rule computes in.
+// Conversions between the parameter type and the float the rule computes in
+// (the 16-bit ones only where the types are CUDA's).
 template <typename T>
 LOSSOPT_HD float to_float(T x);
+template <typename T>
+LOSSOPT_HD T from_float(float x);
 template <>
 LOSSOPT_HD float to_float<float>(float x) { return x; }
+template <>
+LOSSOPT_HD float from_float<float>(float x) { return x; }
+#if !defined(LOSSOPT_NVRTC_HOST)
 template <>
 LOSSOPT_HD float to_float<__half>(__half x) { return __half2float(x); }
 template <>
 LOSSOPT_HD float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-LOSSOPT_HD T from_float(float x);
-template <>
-LOSSOPT_HD float from_float<float>(float x) { return x; }
 template <>
 LOSSOPT_HD __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>

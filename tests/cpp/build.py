@@ -1,7 +1,8 @@
 """Build (and run) the host test of the CUDA kernels: tests/cpp/*.cpp and the
-kernels' own sources under ``csrc/``, compiled by the system C++ compiler
-against the CUDA toolkit's headers only (no torch, no GPU, no CUDA runtime),
-under AddressSanitizer and UndefinedBehaviorSanitizer.
+kernels' own sources under ``csrc/`` (headers, and the NVRTC build's launcher
+csrc/cuda/nvrtc_launch.cpp), compiled by the system C++ compiler against the
+CUDA toolkit's headers only (no torch, no GPU, no CUDA runtime: the test
+brings a fake one), under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 Two variants: ``exact`` (no floating-point contraction, as C++ specifies) and
 ``fast`` (``-ffp-contract=fast`` with the CPU's fused multiply-add, as nvcc
@@ -28,6 +29,9 @@ from typing import Dict, List, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SOURCES = sorted(HERE.glob("*.cpp"))
+# Sources of csrc/ compiled into the program as they are: the NVRTC build's
+# launcher, with the macro that build compiles it with (lossopt_cuda/_jit.py).
+CSRC_SOURCES = [("cuda/nvrtc_launch.cpp", ["-DLOSSOPT_NVRTC_HOST"])]
 BASE_FLAGS = ["-std=c++17", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
               "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
               "-fno-omit-frame-pointer"]
@@ -96,8 +100,15 @@ def _compile_jobs(cxx: str, csrc: Path, cuda_inc: Path, out: Path,
             flags = variant_flags("exact" if src.name == "reference.cpp" else v)
             cmds.append([cxx, *BASE_FLAGS, *flags, *includes, "-c", str(src),
                          "-o", str(out / v / (src.stem + ".o"))])
+        for name, extra in CSRC_SOURCES:
+            cmds.append([cxx, *BASE_FLAGS, *variant_flags(v), *extra, *includes, "-c", str(csrc / name),
+                         "-o", str(out / v / _object_name(name))])
         jobs[v] = cmds
     return jobs
+
+
+def _object_name(csrc_name: str) -> str:
+    return "csrc_" + csrc_name.replace("/", "_").rsplit(".", 1)[0] + ".o"
 
 
 def source_key(csrc: Path, cxx: str, cuda_inc: Path) -> str:
@@ -107,7 +118,7 @@ def source_key(csrc: Path, cxx: str, cuda_inc: Path) -> str:
         for f in sorted(root.rglob("*")):
             if f.suffix in (".h", ".cuh", ".cpp", ".cu") and f.is_file():
                 h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    h.update(" ".join(BASE_FLAGS + [cxx, str(cuda_inc), str(has_fma())]).encode())
+    h.update(" ".join(BASE_FLAGS + [cxx, str(cuda_inc), str(has_fma()), str(CSRC_SOURCES)]).encode())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -142,6 +153,7 @@ def build(csrc: Path = REPO / "csrc", out: Optional[Path] = None,
         raise RuntimeError(f"compile failed: {' '.join(r.args)}\n{r.stdout}{r.stderr}")
     for v in variants:
         objs = [str(out / v / (s.stem + ".o")) for s in SOURCES]
+        objs += [str(out / v / _object_name(name)) for name, _ in CSRC_SOURCES]
         r = subprocess.run([cxx, "-fsanitize=address,undefined", *objs, "-o", str(exes[v])],
                            capture_output=True, text=True)
         if r.returncode != 0:

@@ -104,6 +104,11 @@ int main(int argc, char** argv) {
   host_test::run_advance_tests(rng);
   section("advance (scalar step)", t0, before);
 
+  if (!numerics_only) {  // equal to the bit with the direct plan in either variant
+    host_test::run_nvrtc_launch_tests(rng);
+    section("NVRTC launcher (fake CUDA runtime)", t0, before);
+  }
+
   // Every rule, type and order on the edge sizes, with the gradient scale and
   // weight decay varied; then a skipped step.
   for (const Rule rule : kRules) {

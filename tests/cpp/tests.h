@@ -41,4 +41,8 @@ void run_refusal_tests();
 // test_advance.cpp: the scalar step against the float64 reference.
 void run_advance_tests(std::mt19937_64& rng);
 
+// test_nvrtc_launch.cpp: the NVRTC build's launcher (csrc/cuda/nvrtc_launch.cpp)
+// against a fake CUDA runtime, each launch compared with the plan run directly.
+void run_nvrtc_launch_tests(std::mt19937_64& rng);
+
 }  // namespace host_test
