@@ -55,12 +55,14 @@ from _workloads.study import run_task  # noqa: E402
 from _workloads.tasks import TASKS, Preset  # noqa: E402
 
 SMOKE = Preset("smoke", {"cnn-digits": 6, "lstm-docstrings": 4, "gpt-docstrings": 3, "wgan-digits": 3},
-               evals=2, seeds=(0,), candidates=1, text_chars=200_000, pretrain_steps=3, finetune_steps=2)
+               evals=2, seeds=(0,), candidates=1, text_chars=200_000, pretrain_steps=3, finetune_steps=2,
+               timing_rounds=1)
 QUICK = Preset("quick", {"cnn-digits": 150, "lstm-docstrings": 150, "gpt-docstrings": 60, "wgan-digits": 150},
-               evals=5, seeds=(0,), candidates=1, text_chars=1_000_000, pretrain_steps=100, finetune_steps=30)
+               evals=5, seeds=(0,), candidates=1, text_chars=1_000_000, pretrain_steps=100, finetune_steps=30,
+               timing_rounds=4)
 FULL = Preset("full", {"cnn-digits": 1200, "lstm-docstrings": 800, "gpt-docstrings": 400, "wgan-digits": 1500},
               evals=16, seeds=(0, 1, 2), candidates=3, text_chars=2_000_000, pretrain_steps=800,
-              finetune_steps=150)
+              finetune_steps=150, timing_rounds=10)
 FINETUNE = "finetune-docstrings"
 #: The optimizers of each task: EAdam and AdaBelief where the seed compares AdamL with them.
 OPTIMIZERS = {
@@ -117,7 +119,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:
         dump[FINETUNE] = [{"method": m, "b0": b0, "accuracy": acc} for (m, b0), acc in finetune.accuracy.items()]
-    (out / "results.json").write_text(json.dumps({"preset": preset.name, "seconds": seconds, "runs": dump}))
+    timing = {name: res.timing for name, res in results.items()}
+    (out / "results.json").write_text(json.dumps({"preset": preset.name, "seconds": seconds, "runs": dump,
+                                                  "timing": timing}))
     print(f"report: {path} ({seconds / 60:.1f} min)")
     return {"report": path, "seconds": seconds}
 

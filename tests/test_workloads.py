@@ -60,6 +60,15 @@ def test_verdicts_are_stated_with_their_rule(smoke):
         assert "Rule:" in line
 
 
+def test_timing_is_side_by_side_for_every_optimizer(smoke):
+    module, out = smoke
+    data = json.loads((out / "results.json").read_text())
+    for name in module.TASKS:
+        timing = data["timing"][name]
+        assert set(timing) == set(module.OPTIMIZERS[name])
+        assert all(seconds > 0 and 0 <= share <= 1 for seconds, share in timing.values())
+
+
 def test_results_json_holds_every_run(smoke):
     module, out = smoke
     data = json.loads((out / "results.json").read_text())
@@ -112,7 +121,7 @@ def test_quality_rules(rules):
 def test_speed_and_epoch_time_rules(rules):
     verdicts, loop, task = rules
     runs = _records(verdicts, loop, ["AdamL", "Adam"], [[0.99], [0.99]], hits={"AdamL": 40, "Adam": 100},
-                    epoch={"AdamL": 0.10, "Adam": 0.102})
+                    epoch={"AdamL": 0.05, "Adam": 0.102})
     # evals: 0.0 at step 0, 0.99 at the hit, 0.99 at the end: the target is 0.891
     assert math.isclose(verdicts.target(runs, True), 0.9 * 0.99)
     twice = verdicts.Claim("AdamL", "speed", ("cnn-digits",), "", factor=0.5)
@@ -120,8 +129,8 @@ def test_speed_and_epoch_time_rules(rules):
     runs["AdamL"][0].evals[1] = (60, 1.0, 0.99)
     assert verdicts.decide(twice, task, runs)["verdict"] == "does not hold"  # 0.6 > 0.5
     epoch = verdicts.Claim("AdamL", "epoch-time", ("cnn-digits",), "")
-    assert verdicts.decide(epoch, task, runs)["verdict"] == "a draw"         # within 3 %
-    for r in runs["AdamL"]:
-        r.step_seconds = [0.05] * 20
-    assert verdicts.decide(epoch, task, runs)["verdict"] == "holds"
+    assert verdicts.decide(epoch, task, runs) is None                        # not timed
+    assert verdicts.decide(epoch, task, runs, {"AdamL": 1.0, "Adam": 1.02})["verdict"] == "a draw"
+    assert verdicts.decide(epoch, task, runs, {"AdamL": 0.9, "Adam": 1.0})["verdict"] == "holds"
+    assert verdicts.decide(epoch, task, runs, {"AdamL": 1.1, "Adam": 1.0})["verdict"] == "does not hold"
     assert math.isclose(runs["AdamL"][0].epoch_seconds, 0.5)

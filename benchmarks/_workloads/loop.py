@@ -66,7 +66,8 @@ class Record:
         return {
             "task": self.task, "optimizer": self.candidate.optimizer, "config": self.candidate.label,
             "seed": self.seed, "final": self.final, "diverged": self.diverged,
-            "epoch_seconds": self.epoch_seconds, "opt_share": self.opt_share,
+            # this run's own timing; the report's is side by side (study.py)
+            "epoch_seconds_in_run": self.epoch_seconds, "opt_share_in_run": self.opt_share,
             "state_bytes": self.state_bytes, "curve": self.curve, "evals": self.evals,
         }
 

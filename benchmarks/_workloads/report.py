@@ -48,8 +48,7 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
     lines += ["| optimizer | chosen config | final " + task.metric + " | to the target | time/epoch | "
               "optimizer step share | state bytes/param |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, records in result.runs.items():
-        epoch = statistics.median(r.epoch_seconds for r in records)
-        share = statistics.median(r.opt_share for r in records)
+        epoch, share = result.epoch_seconds(name), result.timing[name][1]
         per_param = records[0].state_bytes / n_parameters
         lines.append(f"| {name} | {records[0].candidate.label} | {_pm([r.final for r in records])} | "
                      f"{_to_target(records, task, goal)} | {epoch:.3g} s | {share:.0%} | {per_param:.2f} |")
@@ -62,7 +61,7 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
     for claim in verdicts.CLAIMS:
         if task.name not in claim.tasks:
             continue
-        v = verdicts.decide(claim, task, result.runs)
+        v = verdicts.decide(claim, task, result.runs, {n: result.epoch_seconds(n) for n in result.timing})
         if v is None:
             continue
         found = True
@@ -84,8 +83,10 @@ def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[st
         f"iterations {preset.steps}",
         "- Every optimizer gets the same tuning budget (its first candidates, the seeds' guidance "
         "first); the best by final quality on seed 0 then runs every seed.",
-        "- Times are wall-clock on this CPU, measured side by side in one run; the optimizer step "
-        "share is the time inside `step()` over the whole iteration.",
+        "- Time per epoch: the median iteration, timed side by side (every optimizer's session "
+        "stepped a few iterations in turn, round after round, the order rotated), times the "
+        "iterations of an epoch; the optimizer step share is the time inside `step()` over the "
+        "whole iteration. Wall-clock on this CPU.",
         "",
     ]
     if preset.name != "full":

@@ -1,16 +1,26 @@
-"""Tuning and seeds: the runs behind every table of the workloads report.
+"""Tuning, seeds and timing: the runs behind every table of the workloads report.
 
 Per task, every optimizer is tuned with the same budget: each of its first
 ``preset.candidates`` configurations trains once (seed 0, the full length);
 the best final quality wins (a diverged run loses). The winner then trains
 with every seed of the preset (seed 0's tuning run is reused).
+
+Time per iteration is measured apart from those runs, side by side: one
+session per optimizer (its chosen configuration), stepped a few iterations at
+a time in turn, round after round with the order rotated, so that the
+machine's drifts (other processes, clocks, caches) fall on every optimizer
+alike. Separate runs are not comparable on these machines: two quick runs
+gave the CNN's AdaLo/Adam time ratios of 0.90 and 1.19.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -24,6 +34,11 @@ class TaskResult:
     task: object
     tuning: Dict[str, List[Record]] = field(default_factory=dict)  # optimizer -> one run per candidate
     runs: Dict[str, List[Record]] = field(default_factory=dict)    # optimizer -> the winner, per seed
+    # optimizer -> (median seconds per iteration, the optimizer step's share), side by side
+    timing: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+
+    def epoch_seconds(self, name: str) -> float:
+        return self.timing[name][0] * self.task.steps_per_epoch
 
 
 def _score(record: Record, higher_better: bool) -> float:
@@ -54,4 +69,30 @@ def run_task(task, optimizers: Sequence[str], preset: Preset, progress: bool = T
             result.runs[name].append(run(task, best.candidate, seed, steps, preset.evals))
             bar.update()
     bar.close()
+    result.timing = time_side_by_side(task, {n: result.runs[n][0].candidate for n in optimizers},
+                                      preset.seeds[0], preset.timing_rounds)
     return result
+
+
+def time_side_by_side(task, chosen: Dict[str, "Candidate"], seed: int, rounds: int,
+                      per_turn: int = 3) -> Dict[str, Tuple[float, float]]:
+    """Median seconds per iteration and the optimizer step's share of it, for
+    each optimizer, stepped ``per_turn`` iterations in turn for ``rounds``
+    rounds (the order rotated each round), after two warm-up iterations each."""
+    sessions = {name: task.session(c, seed) for name, c in chosen.items()}
+    names = list(sessions)
+    seconds: Dict[str, List[float]] = {n: [] for n in names}
+    in_step: Dict[str, List[float]] = {n: [] for n in names}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*step\(s\) skipped", category=RuntimeWarning)
+        for name in names:
+            for _ in range(2):
+                sessions[name].train_step()
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                for _ in range(per_turn):
+                    start = time.perf_counter()
+                    _, opt_seconds = sessions[name].train_step()
+                    seconds[name].append(time.perf_counter() - start)
+                    in_step[name].append(opt_seconds)
+    return {n: (statistics.median(seconds[n]), sum(in_step[n]) / sum(seconds[n])) for n in names}

@@ -34,6 +34,7 @@ class Preset:
     text_chars: int
     pretrain_steps: int = 0   # the fine-tuning study: pretraining, then fine-tuning steps
     finetune_steps: int = 0
+    timing_rounds: int = 3    # rounds of the side-by-side timing (study.py)
 
 
 class _Supervised:
