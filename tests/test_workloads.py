@@ -100,9 +100,12 @@ def _records(verdicts_module, loop, optimizers, finals, hits=None, epoch=None):
 @pytest.fixture(scope="module")
 def rules():
     sys.path.insert(0, str(BENCH))
-    from _workloads import loop, tasks, verdicts
+    from types import SimpleNamespace
 
-    return verdicts, loop, tasks.DigitsCNNTask
+    from _workloads import loop, verdicts
+
+    task = SimpleNamespace(name="cnn-digits", metric="test accuracy", higher_better=True, steps_per_epoch=10)
+    return verdicts, loop, task
 
 
 def test_quality_rules(rules):
@@ -130,7 +133,11 @@ def test_speed_and_epoch_time_rules(rules):
     assert verdicts.decide(twice, task, runs)["verdict"] == "does not hold"  # 0.6 > 0.5
     epoch = verdicts.Claim("AdamL", "epoch-time", ("cnn-digits",), "")
     assert verdicts.decide(epoch, task, runs) is None                        # not timed
-    assert verdicts.decide(epoch, task, runs, {"AdamL": 1.0, "Adam": 1.02})["verdict"] == "a draw"
-    assert verdicts.decide(epoch, task, runs, {"AdamL": 0.9, "Adam": 1.0})["verdict"] == "holds"
-    assert verdicts.decide(epoch, task, runs, {"AdamL": 1.1, "Adam": 1.0})["verdict"] == "does not hold"
+    timed = lambda a, b, share=0.2: verdicts.decide(epoch, task, runs, {"AdamL": (a, share), "Adam": (b, share)})
+    assert timed(1.0, 1.02)["verdict"] == "a draw"
+    assert timed(0.9, 1.0)["verdict"] == "holds"
+    assert timed(1.1, 1.0)["verdict"] == "does not hold"
+    # Faster by more than Adam's step takes: not the optimizer's doing.
+    assert timed(0.7, 1.0, share=0.1)["verdict"] == "not decided"
+    assert timed(1.3, 1.0, share=0.1)["verdict"] == "not decided"
     assert math.isclose(runs["AdamL"][0].epoch_seconds, 0.5)

@@ -61,7 +61,7 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
     for claim in verdicts.CLAIMS:
         if task.name not in claim.tasks:
             continue
-        v = verdicts.decide(claim, task, result.runs, {n: result.epoch_seconds(n) for n in result.timing})
+        v = verdicts.decide(claim, task, result.runs, result.timing)
         if v is None:
             continue
         found = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .loop import Record
 
@@ -90,9 +90,10 @@ def steps_to_target(records: List[Record], target: float, higher_better: bool) -
 
 
 def decide(claim: Claim, task, runs: Dict[str, List[Record]],
-           epoch_seconds: Optional[Dict[str, float]] = None) -> Optional[Dict[str, str]]:
+           timing: Optional[Dict[str, Tuple[float, float]]] = None) -> Optional[Dict[str, str]]:
     """The verdict of ``claim`` on one task: {"verdict", "numbers", "rule"}; None if not
-    measured. ``epoch_seconds``: the side-by-side time per epoch of each optimizer."""
+    measured. ``timing``: each optimizer's side-by-side (seconds per iteration, the
+    optimizer step's share of it), study.time_side_by_side."""
     ref = adam_reference(runs, task.higher_better)
     if ref is None or claim.optimizer not in runs:
         return None
@@ -121,12 +122,21 @@ def decide(claim: Claim, task, runs: Dict[str, List[Record]],
         verdict = "holds" if ratio <= claim.factor and a < b else "does not hold"
         return {"verdict": verdict, "numbers": f"{a:g} vs {ref} {b:g} steps (ratio {ratio:.2f})", "rule": rule}
     if claim.kind == "epoch-time":
-        if epoch_seconds is None or claim.optimizer not in epoch_seconds:
+        if timing is None or claim.optimizer not in timing:
             return None
-        a, b = epoch_seconds[claim.optimizer], epoch_seconds[ref]
+        (a, share_a), (b, share_b) = timing[claim.optimizer], timing[ref]
         ratio = a / b
-        verdict = ("holds" if ratio <= 1 - TIME_BAND else
-                   "does not hold" if ratio >= 1 + TIME_BAND else "a draw")
-        return {"verdict": verdict, "numbers": f"{a:.3g} s vs {ref} {b:.3g} s (ratio {ratio:.2f})",
-                "rule": f"time per epoch, timed side by side; a ratio within {TIME_BAND:.0%} of 1 is a draw"}
+        rule = (f"time per iteration, timed side by side; a ratio within {TIME_BAND:.0%} of 1 is a "
+                "draw; a difference larger than the optimizer steps' share of the iteration cannot "
+                "come from the optimizer and decides nothing")
+        numbers = (f"{a * task.steps_per_epoch:.3g} s vs {ref} {b * task.steps_per_epoch:.3g} s per epoch "
+                   f"(ratio {ratio:.2f}; steps {share_a:.0%} and {share_b:.0%} of an iteration)")
+        # Only the optimizer differs between the two iterations: it can save at
+        # most the reference's step time, or add at most its own.
+        if ratio < 1 - share_b - TIME_BAND or ratio > 1 + share_a + TIME_BAND:
+            verdict = "not decided"
+        else:
+            verdict = ("holds" if ratio <= 1 - TIME_BAND else
+                       "does not hold" if ratio >= 1 + TIME_BAND else "a draw")
+        return {"verdict": verdict, "numbers": numbers, "rule": rule}
     raise ValueError(claim.kind)
