@@ -80,7 +80,8 @@ def cpu_entry(src: Path, isa: str) -> Path:
     return library_entry(src, "cpu", isa)
 
 
-def _sources() -> Path:
+def require_sources() -> Path:
+    """The sources' folder; raises BuildError where the install has none."""
     src = sources_dir()
     if src is None:
         raise BuildError("the kernels' sources are not in this install (lossopt_cuda/_csrc is missing)")
@@ -136,7 +137,7 @@ def load_cpu_kernels(build: bool = True) -> str:
     import torch
 
     isa = _compile_flags.isa_for_capability(torch.backends.cpu.get_cpu_capability())
-    src = _sources()
+    src = require_sources()
     openmp = _compile_flags.openmp_flags(torch.backends.openmp.is_available())
     macros = [f"-D{k}" if v is None else f"-D{k}={v}"
               for k, v in _compile_flags.cpu_module_macros(isa, "_cpu_jit")]
@@ -153,7 +154,7 @@ def load_cpu_kernels(build: bool = True) -> str:
 def load_cuda_host(cuda: "CudaToolkit", build: bool = True) -> None:  # noqa: F821 - _nvrtc's
     """Load the CUDA host library (see the module's docstring) from the cache,
     building it first where needed. The operator schemas must be loaded."""
-    src = _sources()
+    src = require_sources()
     what = "CUDA host code"
 
     def compile_host(folder: Path) -> dict:

@@ -168,9 +168,7 @@ def options(toolkit: CudaToolkit, src: Path, arch: str) -> List[str]:
 def compile_cubins(toolkit: CudaToolkit, archs: Iterable[str], build: bool = True) -> Dict[str, Path]:
     """The cubin of every architecture in ``archs`` (``"9.0"``...), from the
     cache or compiled now (where ``build``). Raises BuildError."""
-    src = _jit.sources_dir()
-    if src is None:
-        raise BuildError("the kernels' sources are not in this install (lossopt_cuda/_csrc is missing)")
+    src = _jit.require_sources()
     nvrtc = Nvrtc(toolkit)
     out = {}
     for arch in archs:
