@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:
         dump[FINETUNE] = [{"method": m, "b0": b0, "accuracy": acc} for (m, b0), acc in finetune.accuracy.items()]
-    timing = {name: res.timing for name, res in results.items()}
+    timing = {name: {o: t.to_json() for o, t in res.timing.items()} for name, res in results.items()}
     (out / "results.json").write_text(json.dumps({"preset": preset.name, "seconds": seconds, "runs": dump,
                                                   "timing": timing}))
     print(f"report: {path} ({seconds / 60:.1f} min)")

@@ -66,7 +66,8 @@ def test_timing_is_side_by_side_for_every_optimizer(smoke):
     for name in module.TASKS:
         timing = data["timing"][name]
         assert set(timing) == set(module.OPTIMIZERS[name])
-        assert all(seconds > 0 and 0 <= share <= 1 for seconds, share in timing.values())
+        for t in timing.values():
+            assert t["iteration"] > 0 and 0 < t["step"] < t["iteration"] and 0 <= t["share"] <= 1
 
 
 def test_results_json_holds_every_run(smoke):
@@ -133,11 +134,13 @@ def test_speed_and_epoch_time_rules(rules):
     assert verdicts.decide(twice, task, runs)["verdict"] == "does not hold"  # 0.6 > 0.5
     epoch = verdicts.Claim("AdamL", "epoch-time", ("cnn-digits",), "")
     assert verdicts.decide(epoch, task, runs) is None                        # not timed
-    timed = lambda a, b, share=0.2: verdicts.decide(epoch, task, runs, {"AdamL": (a, share), "Adam": (b, share)})
-    assert timed(1.0, 1.02)["verdict"] == "a draw"
-    assert timed(0.9, 1.0)["verdict"] == "holds"
-    assert timed(1.1, 1.0)["verdict"] == "does not hold"
-    # Faster by more than Adam's step takes: not the optimizer's doing.
-    assert timed(0.7, 1.0, share=0.1)["verdict"] == "not decided"
-    assert timed(1.3, 1.0, share=0.1)["verdict"] == "not decided"
+    # (iteration, step) seconds: only the steps decide; the iterations are a check.
+    timed = lambda a, b: verdicts.decide(epoch, task, runs, {"AdamL": loop.Timing(a[0], a[1], a[1] / a[0]),
+                                                             "Adam": loop.Timing(b[0], b[1], b[1] / b[0])})
+    assert timed((1.0, 0.098), (1.0, 0.1))["verdict"] == "a draw"           # step ratio 0.98
+    assert timed((0.95, 0.05), (1.0, 0.1))["verdict"] == "holds"            # half the step time
+    assert timed((1.3, 0.05), (1.0, 0.1))["verdict"] == "holds"             # noisy iterations do not decide
+    assert timed((1.0, 0.11), (1.0, 0.1))["verdict"] == "does not hold"
+    # Half Adam's step at a 10 % share: the epoch is 0.95 of Adam's.
+    assert "0.950x" in timed((0.95, 0.05), (1.0, 0.1))["numbers"]
     assert math.isclose(runs["AdamL"][0].epoch_seconds, 0.5)

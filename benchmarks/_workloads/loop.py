@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
-from .optimizers import Candidate, state_bytes
+from .optimizers import Candidate, quiet_skip_warnings, state_bytes
 
 
 class Session(Protocol):
@@ -72,6 +71,18 @@ class Record:
         }
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One optimizer's side-by-side timing: medians over the timed iterations."""
+
+    iteration: float  # seconds per training iteration (forward, backward, step)
+    step: float       # seconds inside the optimizer step
+    share: float      # total step time over total iteration time
+
+    def to_json(self) -> Dict[str, float]:
+        return {"iteration": self.iteration, "step": self.step, "share": self.share}
+
+
 def run(task: Any, candidate: Candidate, seed: int, steps: int, evals: int) -> Record:
     """Train ``task`` with ``candidate`` for ``steps`` iterations, evaluating
     ``evals`` times (evenly, the last at the end). A non-finite loss stops the
@@ -81,10 +92,7 @@ def run(task: Any, candidate: Candidate, seed: int, steps: int, evals: int) -> R
     every = max(1, steps // max(1, evals))
     elapsed = 0.0
     record.evals.append((0, 0.0, session.evaluate()))
-    with warnings.catch_warnings():
-        # A diverging run makes the loss-driven optimizers warn about skipped
-        # steps; divergence is detected and reported here instead.
-        warnings.filterwarnings("ignore", message=r".*step\(s\) skipped", category=RuntimeWarning)
+    with quiet_skip_warnings():  # divergence is detected and reported here instead
         for k in range(1, steps + 1):
             start = time.perf_counter()
             loss, opt_seconds = session.train_step()

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _claims.baselines import EAdam, make_adabelief  # noqa: E402
 from _claims.common import optimizer_step as step  # noqa: E402,F401  (one step for both studies)
+from _claims.common import quiet_skip_warnings  # noqa: E402,F401
 
 from lossopt_cuda import AdaLo, AdaLoss, AdamL  # noqa: E402
 

@@ -48,7 +48,7 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
     lines += ["| optimizer | chosen config | final " + task.metric + " | to the target | time/epoch | "
               "optimizer step share | state bytes/param |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, records in result.runs.items():
-        epoch, share = result.epoch_seconds(name), result.timing[name][1]
+        epoch, share = result.epoch_seconds(name), result.timing[name].share
         per_param = records[0].state_bytes / n_parameters
         lines.append(f"| {name} | {records[0].candidate.label} | {_pm([r.final for r in records])} | "
                      f"{_to_target(records, task, goal)} | {epoch:.3g} s | {share:.0%} | {per_param:.2f} |")
@@ -86,7 +86,8 @@ def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[st
         "- Time per epoch: the median iteration, timed side by side (every optimizer's session "
         "stepped a few iterations in turn, round after round, the order rotated), times the "
         "iterations of an epoch; the optimizer step share is the time inside `step()` over the "
-        "whole iteration. Wall-clock on this CPU.",
+        "whole iteration. Wall-clock on this CPU. The epoch-time verdicts are decided on the "
+        "median optimizer steps of the same side-by-side sessions (see their rule).",
         "",
     ]
     if preset.name != "full":

@@ -10,7 +10,10 @@ session per optimizer (its chosen configuration), stepped a few iterations at
 a time in turn, round after round with the order rotated, so that the
 machine's drifts (other processes, clocks, caches) fall on every optimizer
 alike. Separate runs are not comparable on these machines: two quick runs
-gave the CNN's AdaLo/Adam time ratios of 0.90 and 1.19.
+gave the CNN's AdaLo/Adam time ratios of 0.90 and 1.19. Even side by side,
+the whole iteration is the noisier number (forward and backward dominate it),
+so the epoch-time verdict is decided on the optimizer steps' own times
+(verdicts.py).
 """
 
 from __future__ import annotations
@@ -18,14 +21,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 from tqdm import tqdm
 
-from .loop import Record, run
-from .optimizers import Candidate, candidates
+from .loop import Record, Timing, run
+from .optimizers import Candidate, candidates, quiet_skip_warnings
 from .tasks import Preset
 
 
@@ -34,11 +36,10 @@ class TaskResult:
     task: object
     tuning: Dict[str, List[Record]] = field(default_factory=dict)  # optimizer -> one run per candidate
     runs: Dict[str, List[Record]] = field(default_factory=dict)    # optimizer -> the winner, per seed
-    # optimizer -> (median seconds per iteration, the optimizer step's share), side by side
-    timing: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    timing: Dict[str, Timing] = field(default_factory=dict)       # optimizer -> side by side
 
     def epoch_seconds(self, name: str) -> float:
-        return self.timing[name][0] * self.task.steps_per_epoch
+        return self.timing[name].iteration * self.task.steps_per_epoch
 
 
 def _score(record: Record, higher_better: bool) -> float:
@@ -75,16 +76,14 @@ def run_task(task, optimizers: Sequence[str], preset: Preset, progress: bool = T
 
 
 def time_side_by_side(task, chosen: Dict[str, "Candidate"], seed: int, rounds: int,
-                      per_turn: int = 3) -> Dict[str, Tuple[float, float]]:
-    """Median seconds per iteration and the optimizer step's share of it, for
-    each optimizer, stepped ``per_turn`` iterations in turn for ``rounds``
+                      per_turn: int = 3) -> Dict[str, Timing]:
+    """Median seconds per iteration and per optimizer step, for each optimizer, stepped ``per_turn`` iterations in turn for ``rounds``
     rounds (the order rotated each round), after two warm-up iterations each."""
     sessions = {name: task.session(c, seed) for name, c in chosen.items()}
     names = list(sessions)
     seconds: Dict[str, List[float]] = {n: [] for n in names}
     in_step: Dict[str, List[float]] = {n: [] for n in names}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*step\(s\) skipped", category=RuntimeWarning)
+    with quiet_skip_warnings():
         for name in names:
             for _ in range(2):
                 sessions[name].train_step()
@@ -95,4 +94,5 @@ def time_side_by_side(task, chosen: Dict[str, "Candidate"], seed: int, rounds: i
                     _, opt_seconds = sessions[name].train_step()
                     seconds[name].append(time.perf_counter() - start)
                     in_step[name].append(opt_seconds)
-    return {n: (statistics.median(seconds[n]), sum(in_step[n]) / sum(seconds[n])) for n in names}
+    return {n: Timing(statistics.median(seconds[n]), statistics.median(in_step[n]),
+                      sum(in_step[n]) / sum(seconds[n])) for n in names}
