@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ for _path in (str(REPO), str(HERE)):  # run from a checkout without `pip install
 
 import torch  # noqa: E402
 
+from _system import commit_label  # noqa: E402
 from _workloads import plots, report  # noqa: E402
 from _workloads.finetune import run_finetune  # noqa: E402
 from _workloads.finetune import section as finetune_section  # noqa: E402
@@ -71,18 +71,6 @@ OPTIMIZERS = {
     "gpt-docstrings": ["AdaLo (adversarial)", "AdaLo (compliant)", "AdamL", "AdaLoss", "Adam", "AdamW"],
     "wgan-digits": ["AdamL", "Adam", "AdamW", "EAdam", "AdaBelief", "AdaLo (adversarial)"],
 }
-
-
-def _commit() -> str:
-    """The commit, and whether the tree had uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} (with uncommitted changes)" if dirty else head
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -115,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         print(f"{name}: done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
     seconds = time.perf_counter() - start
     extra = finetune_section(finetune) if finetune is not None else []
-    path = report.write(results, figures, params, out, preset, seconds, _commit(), extra)
+    path = report.write(results, figures, params, out, preset, seconds, commit_label(), extra)
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:
         dump[FINETUNE] = [{"method": m, "b0": b0, "accuracy": acc} for (m, b0), acc in finetune.accuracy.items()]
