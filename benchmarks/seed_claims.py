@@ -41,7 +41,7 @@ for _path in (str(REPO), str(HERE)):  # run from a checkout without `pip install
 
 import torch  # noqa: E402
 
-from _claims import plots, report  # noqa: E402
+from _claims import report  # noqa: E402
 from _claims.adalo_digits import run_adalo_study  # noqa: E402
 from _claims.adaloss_b0 import run_b0_study  # noqa: E402
 from _claims.budget import FULL, PRESETS, QUICK, SMOKE, Budget  # noqa: E402
@@ -69,7 +69,7 @@ def run(budget: Budget, out: Path, *, threads: int = 1, progress: bool = True) -
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - start
-    figures = plots.make_all(toy, b0, adalo, out)
+    figures = report.make_all(toy, b0, adalo, out)
     text = report.build(budget, toy, b0, adalo, figures, seconds, threads)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(

@@ -67,3 +67,8 @@ def fmt_sci(x: Optional[float], digits: int = 2) -> str:
     if x is None or not math.isfinite(x):
         return "n/a"
     return f"{x:.{digits}e}"
+
+
+def finite_or_none(x: Optional[float]) -> Optional[float]:
+    """A float for ``results.json``; None (JSON null) where nothing finite was measured."""
+    return float(x) if x is not None and math.isfinite(x) else None
