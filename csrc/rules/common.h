@@ -9,6 +9,8 @@
 // (sqrt, isfinite, ...) are built in.
 using int64_t = long long;
 using uint64_t = unsigned long long;
+using uint32_t = unsigned int;
+using uint16_t = unsigned short;
 using uintptr_t = unsigned long long;
 #else
 #include <cmath>

@@ -1,0 +1,99 @@
+// Stochastic rounding of float32 to bfloat16, with random bits that every path
+// can reproduce: a counter-based hash of (seed, step, tensor, stream, element),
+// not a generator's state. The CPU kernel, the CUDA kernel and the torch-op
+// twin (lossopt_cuda/_rounding.py) compute the same bits, so the paths agree
+// bit for bit and a checkpoint resumes exactly. Host-and-device code with no
+// 16-bit type: the result is the bfloat16's bit pattern.
+//
+// The hash is 32-bit integer arithmetic (mod 2^32): mix32 is the "lowbias32"
+// finaliser with the constants of the hash prospector's best two-round
+// 32-bit function (xorshift 16, multiply, xorshift 15, multiply, xorshift 15).
+//   tensor_key: chained mix32 over seed (low, high), step (low, high), tensor
+//               and stream (0 the parameter, 1 + k the k-th state), once per
+//               tensor written;
+//   element_bits: mix32(mix32(key ^ index_high) ^ index_low), per element,
+//               index = the element's offset from the tensor's first element
+//               in memory (sum of index * stride): the flat position for
+//               dense tensors, whatever their layout.
+// Rounding adds the top 16 random bits to the float's bits and truncates: the
+// magnitude rounds up with probability (dropped bits) / 2^16, so the expected
+// value of the result is the float itself (to the resolution of 16 bits).
+#pragma once
+
+#include "rules/common.h"
+
+#if !defined(__CUDACC_RTC__)
+#include <cstring>
+#endif
+
+namespace lossopt::rounding {
+
+constexpr uint32_t kKeyInit = 0x243F6A88u;  // the first hex digits of pi
+constexpr uint32_t kMul1 = 0x21F0AAADu;
+constexpr uint32_t kMul2 = 0xD35A2D97u;
+// The bfloat16 NaN torch writes (c10::BFloat16's round to nearest even): one
+// pattern for every NaN on every path (CUDA's conversion would keep the payload).
+constexpr uint16_t kBF16NaN = 0x7FC0u;
+
+LOSSOPT_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= kMul1;
+  x ^= x >> 15;
+  x *= kMul2;
+  x ^= x >> 15;
+  return x;
+}
+
+LOSSOPT_HD uint32_t tensor_key(uint64_t seed, uint64_t step, uint32_t tensor, uint32_t stream) {
+  uint32_t h = kKeyInit;
+  h = mix32(h ^ static_cast<uint32_t>(seed));
+  h = mix32(h ^ static_cast<uint32_t>(seed >> 32));
+  h = mix32(h ^ static_cast<uint32_t>(step));
+  h = mix32(h ^ static_cast<uint32_t>(step >> 32));
+  h = mix32(h ^ tensor);
+  h = mix32(h ^ stream);
+  return h;
+}
+
+// The key of the 2^32 elements whose index has these high 32 bits: a driver
+// computes it once per chunk (chunks never straddle a multiple of 2^32).
+LOSSOPT_HD uint32_t block_key(uint32_t key, uint64_t index) {
+  return mix32(key ^ static_cast<uint32_t>(index >> 32));
+}
+
+LOSSOPT_HD uint32_t element_bits(uint32_t block, uint64_t index) {
+  return mix32(block ^ static_cast<uint32_t>(index));
+}
+
+LOSSOPT_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+
+LOSSOPT_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+// x rounded to bfloat16 stochastically with the random bits r: the bfloat16's
+// bits. Infinities stay infinite; NaN becomes kBF16NaN. (A non-NaN float's
+// bits plus 0xFFFF cannot carry out of 32 bits: the largest is -inf's.)
+LOSSOPT_HD uint16_t bf16_stochastic(float x, uint32_t r) {
+  if (x != x) return kBF16NaN;
+  return static_cast<uint16_t>((float_bits(x) + (r >> 16)) >> 16);
+}
+
+// A bfloat16's bits widened to float32 (exact).
+LOSSOPT_HD float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+
+}  // namespace lossopt::rounding
