@@ -29,6 +29,7 @@ from . import _kernels
 from ._loss import (LossLike, average_across_ranks, loss_to_device, move, obtain_loss, place,
                     scalar_dtype, will_average)
 from ._reference import compute_dtype, unscale_grads, update_params, write_
+from ._rounding import STEP_KEY, Rounding, seed_from
 from ._skips import SkipCounter
 
 try:
@@ -41,6 +42,8 @@ ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 _OP_LOSS_DTYPES = (torch.float32, torch.float64)
 #: Parameter dtypes that ``master_weights=True`` gives float32 master copies.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: What ``state_dtype`` may be (None: the compute dtype, see _reference.compute_dtype).
+STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 UpdateFn = Callable[..., None]
 
 
@@ -114,10 +117,22 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         average_loss: bool,
         process_group: Optional[Any],
         master_weights: bool = False,
+        state_dtype: Optional[torch.dtype] = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: Optional[int] = None,
     ) -> None:
         name = type(self).__name__
         if foreach and fused:
             raise ValueError(f"{name}: foreach=True and fused=True cannot be used together")
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"{name}: invalid state_dtype {state_dtype!r}; expected one of {STATE_DTYPES}")
+        if stochastic_rounding and master_weights:
+            raise ValueError(f"{name}: stochastic_rounding=True writes the bfloat16 parameters themselves; "
+                             "it cannot be combined with master_weights=True")
+        if state_dtype == torch.bfloat16 or stochastic_rounding or rounding_seed is not None:
+            # Drawn only when asked for: an optimizer that never rounds leaves
+            # torch's default generator as it found it.
+            defaults = {**defaults, "rounding_seed": seed_from(rounding_seed)}
         if fused:
             _kernels.require_kernels(name)  # none at all: build them, or say how
         # The path is a property of this optimizer object, not of the checkpoint:
@@ -126,6 +141,8 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         self.fused = fused
         self.average_loss = bool(average_loss)
         self.master_weights = bool(master_weights)
+        self.state_dtype = state_dtype
+        self.stochastic_rounding = bool(stochastic_rounding)
         self.process_group = process_group
         self._skips = SkipCounter(name)
         self._group_dtypes: Dict[torch.device, Dict[str, torch.dtype]] = {}
@@ -256,6 +273,8 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         asks of a fresh optimizer (see ``_called_by_checkpoint_init``)."""
         for group, buckets in self._collect_work():
             self._group_state(group)
+            if any(any(self._rounds(dtype)) for _, dtype in buckets):
+                self._rounding_step(group)
             keys = self._param_state_keys(group)
             for (_, dtype), params in buckets.items():
                 self._bucket_tensors(params, keys, dtype)
@@ -289,6 +308,9 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
                     raise RuntimeError(f"{name} does not support complex parameters or gradients")
                 if not dtype.is_floating_point:
                     raise RuntimeError(f"{name} needs floating-point parameters, got {dtype}")
+                if self.state_dtype is not None and dtype == torch.float64:
+                    raise RuntimeError(f"{name}: state_dtype={self.state_dtype} is for float32, float16 and "
+                                       "bfloat16 parameters; float64 ones keep float64 state (state_dtype=None)")
                 self._choose_impl(device, dtype)  # raises if fused=True cannot run here
             work.append((group, buckets))
         return work
@@ -308,16 +330,22 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
     def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
         """The update function for a bucket; ``kernels=False`` when the group's
         scalars are not on the device (see ``_advances_on_device``)."""
-        if kernels and self._wants_kernels() and _kernels.fused_supported(device, dtype):
+        rounds = any(self._rounds(dtype))
+        if kernels and not rounds and self._wants_kernels() and _kernels.fused_supported(device, dtype):
             return type(self)._fused
         name = type(self).__name__
+        if self.fused and rounds:
+            raise RuntimeError(
+                f"{name}(fused=True): the compiled kernels do not write bfloat16 state or stochastically "
+                "rounded parameters yet; use fused=None, which takes the foreach path for them"
+            )
         if self.fused:
             why = "" if _kernels.kernels_on(device.type) else f" ({_kernels.missing(device.type)})"
             raise RuntimeError(
                 f"{name}(fused=True): no compiled kernel for {dtype} parameters on {device}{why}; "
                 "use fused=None to fall back to foreach"
             )
-        if self._wants_kernels() and not _kernels.kernels_on(device.type):
+        if self._wants_kernels() and not rounds and not _kernels.kernels_on(device.type):
             _kernels.warn_fallback(device.type, name)
         return type(self)._forloop if self.foreach is False else type(self)._foreach
 
@@ -367,12 +395,14 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         for (device, dtype), params in buckets.items():
             update = self._choose_impl(device, dtype)
             local_vector = place(vector, device)
+            rounding = self._rounding(group, params, dtype, device)
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
                 update(params, grads, scalars=local_vector, master=master, **states, **args)
-            else:  # a bucket without kernels (say float64 on CUDA) in a fused group
+            else:  # a bucket without kernels (float64 on CUDA, bfloat16 state) in a fused group
                 _fused.host_update(update, self._scalar_names, params, master, grads, states,
-                                   local_vector, args)
+                                   local_vector, args, rounding)
+        self._count_rounded_step(group, buckets, vector)
 
     def _step_group(
         self,
@@ -395,11 +425,13 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
             cdtype = compute_dtype(dtype)
             kwargs = {k: _to_bucket(v, device, cdtype) for k, v in scalars.items()}
             update = self._choose_impl(device, dtype, kernels=False)
+            rounding = self._rounding(group, params, dtype, device)
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if inv_grad_scale is not None:
                 grads = unscale_grads(grads, _to_bucket(inv_grad_scale, device, cdtype))
             update_params(update, params, master, grads, states,
-                          {"valid": place(valid, device), **kwargs})
+                          {"valid": place(valid, device), **kwargs}, rounding)
+        self._count_rounded_step(group, buckets, valid)
 
     def _bucket_tensors(
         self, params: List[Tensor], keys: Tuple[str, ...], dtype: torch.dtype
@@ -409,8 +441,8 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         DTensor parameters (FSDP2, tensor parallelism) become their local
         shards: every update is elementwise given the group's scalars, so each
         rank steps its own shard."""
-        cdtype = compute_dtype(dtype)
-        states = {key: [self._param_state(p, key, cdtype) for p in params] for key in keys}
+        sdtype = self.state_dtype or compute_dtype(dtype)
+        states = {key: [self._param_state(p, key, sdtype) for p in params] for key in keys}
         grads = [p.grad for p in params]
         master = self._master_weights(params)
         if _any_dtensor(params):
@@ -418,6 +450,50 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
             states = {k: _local_all(v) for k, v in states.items()}
             master = None if master is None else _local_all(master)
         return params, grads, states, master
+
+    # ------------------------------------------------------------------ rounding
+
+    def _rounds(self, dtype: torch.dtype) -> Tuple[bool, bool]:
+        """(parameters, states) that a bucket of ``dtype`` writes stochastically rounded."""
+        params = self.stochastic_rounding and dtype == torch.bfloat16
+        return params, self.state_dtype == torch.bfloat16
+
+    def _rounding_step(self, group: Dict[str, Any]) -> Tensor:
+        """The group's counter of valid steps (int64, on its first parameter's
+        device), the ``step`` of the rounding's hash."""
+        first = group["params"][0]
+        state = self.state[first]
+        counter = state.get(STEP_KEY)
+        if counter is None:
+            counter = state[STEP_KEY] = torch.zeros((), dtype=torch.int64, device=first.device)
+        return counter
+
+    def _rounding(self, group: Dict[str, Any], params: List[Tensor], dtype: torch.dtype,
+                  device: torch.device) -> Optional[Rounding]:
+        """What a bucket rounds and with which bits; None when it rounds nothing."""
+        round_params, round_states = self._rounds(dtype)
+        if not (round_params or round_states):
+            return None
+        order: Dict[Tensor, int] = {}
+        for g in self.param_groups:  # numbered as state_dict() numbers them
+            for p in g["params"]:
+                order.setdefault(p, len(order))
+        seed = group.get("rounding_seed", self.defaults.get("rounding_seed"))
+        if seed is None:  # groups loaded from a checkpoint saved without rounding
+            seed = group["rounding_seed"] = self.defaults["rounding_seed"] = seed_from(None)
+        return Rounding(seed, place(self._rounding_step(group), device), [order[p] for p in params],
+                        round_params, round_states)
+
+    def _count_rounded_step(self, group: Dict[str, Any], buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]],
+                            valid: Tensor) -> None:
+        """Advance the group's rounding counter by one if the step was valid
+        (on the device: no host read), after every bucket was written.
+        ``valid``: a bool, or the fused path's scalar vector (valid: entry 0 != 0)."""
+        if any(any(self._rounds(dtype)) for _, dtype in buckets):
+            if valid.dtype != torch.bool:
+                valid = valid[0] != 0
+            counter = self._rounding_step(group)
+            write_(counter, counter + place(valid, counter.device).to(torch.int64))
 
     def _master_weights(self, params: List[Tensor]) -> Optional[List[Tensor]]:
         """The float32 master weights of a float16/bfloat16 bucket, created

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._loss import place
+from ._rounding import STEP_KEY
 from ._skips import SkipCounter
 
 #: The attributes an optimizer sets in ``__init__`` besides torch.optim's, with
@@ -30,6 +31,8 @@ _OWN_ATTRIBUTES: Dict[str, Any] = {
     "average_loss": True,
     "master_weights": False,
     "process_group": None,
+    "state_dtype": None,
+    "stochastic_rounding": False,
 }
 
 
@@ -127,6 +130,8 @@ class CheckpointMixin(Optimizer):
                     continue
                 if key in self._group_state_keys:
                     pstate[key] = _group_scalar(key, pid, value)
+                elif key == STEP_KEY:
+                    pstate[key] = _group_scalar(key, pid, value).to(torch.int64)
                 elif isinstance(value, Tensor):
                     if value.shape != param.shape:
                         raise ValueError(

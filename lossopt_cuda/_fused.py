@@ -23,7 +23,7 @@ the same step, with the same scalars.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ from torch import Tensor
 from . import _reference
 from . import _kernels
 from ._reference import unscale_grads
+
+if TYPE_CHECKING:
+    from ._rounding import Rounding
 
 #: The rule's entries of the scalar vector, after ``valid`` and ``inv_grad_scale``,
 #: named as the reference functions' keyword arguments.
@@ -96,13 +99,14 @@ def host_update(
     states: Dict[str, List[Tensor]],
     scalars: Tensor,
     args: Dict[str, float],
+    rounding: Optional["Rounding"] = None,
 ) -> None:
     """Run a for-loop or foreach ``update`` with the scalars of the vector
     ``scalars`` (the gradients unscaled first): for parameters the kernels do
     not take, in a group whose scalars were advanced by the compiled op."""
     kwargs = scalar_kwargs(scalars, names, _reference.compute_dtype(params[0].dtype))
     grads = unscale_grads(grads, kwargs.pop("inv_grad_scale"))
-    _reference.update_params(update, params, master, grads, states, {**kwargs, **args})
+    _reference.update_params(update, params, master, grads, states, {**kwargs, **args}, rounding)
 
 
 def _launch(

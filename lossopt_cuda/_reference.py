@@ -22,12 +22,15 @@ needed since a bad loss usually comes with NaN gradients and ``0 * NaN`` is NaN.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 Scalar = Union[float, Tensor]
+
+if TYPE_CHECKING:
+    from ._rounding import Rounding
 
 
 def _widen(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -84,13 +87,34 @@ def update_params(
     grads: List[Tensor],
     states: Dict[str, List[Tensor]],
     kwargs: Dict[str, Any],
+    rounding: Optional["Rounding"] = None,
 ) -> None:
     """Run a for-loop or foreach ``update`` on ``params``, or, with float32
     ``master`` weights, on the masters; the parameters then become their
-    rounded copies (where the step was valid)."""
-    update(master if master is not None else params, grads, **states, **kwargs)
+    rounded copies (where the step was valid).
+
+    Storage is this driver's business, not the rule's: with ``rounding``
+    (lossopt_cuda._rounding), bfloat16 states and parameters are handed to the
+    update as float32 copies and written back stochastically rounded. Where
+    the step was invalid the copies keep the stored values, which round to
+    themselves exactly."""
+    if rounding is None:
+        update(master if master is not None else params, grads, **states, **kwargs)
+        if master is not None:
+            _commit_all(params, [m.to(p.dtype) for p, m in zip(params, master)], kwargs["valid"])
+        return
+    wide = {k: _widen_all(v, torch.float32) for k, v in states.items()} if rounding.states else states
+    targets = master if master is not None else (_widen_all(params, torch.float32) if rounding.params else params)
+    update(targets, grads, **wide, **kwargs)
     if master is not None:
         _commit_all(params, [m.to(p.dtype) for p, m in zip(params, master)], kwargs["valid"])
+    elif rounding.params:
+        for i, (p, t) in enumerate(zip(params, targets)):
+            rounding.write(p, t, i, 0)
+    if rounding.states:
+        for k, key in enumerate(states):
+            for i, (s, w) in enumerate(zip(states[key], wide[key])):
+                rounding.write(s, w, i, 1 + k)
 
 
 # --------------------------------------------------------------------------- AdaLo
@@ -160,7 +184,7 @@ def adaml_forloop(
         g = _widen(g, m.dtype)
         p_wide = _widen(p, m.dtype)
         m_new = beta1 * m + (1 - beta1) * g
-        w_new = beta2 * w + grad_sq_scale * g * g + eps_l
+        w_new = beta2 * w + g * g * grad_sq_scale + eps_l  # (g*g)*s: the foreach path's order
         m_hat = m_new / bias_correction1
         w_hat = w_new / bias_correction2
         p_new = p_wide * (1 - lr * weight_decay)

@@ -14,10 +14,13 @@ read), and nothing reads a value back to the host.
 
 from __future__ import annotations
 
-from typing import Union
+from dataclasses import dataclass
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
+
+from ._reference import write_
 
 MASK32 = 0xFFFFFFFF
 KEY_INIT = 0x243F6A88
@@ -44,35 +47,41 @@ def mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 15)
 
 
-def _as_int64(value: IntLike, device: torch.device) -> Tensor:
+def _mix32_int(x: int) -> int:
+    """mix32 on a Python int: host constants (the seed's words) never become tensors."""
+    x ^= x >> 16
+    x = (x * MUL1) & MASK32
+    x ^= x >> 15
+    x = (x * MUL2) & MASK32
+    return x ^ (x >> 15)
+
+
+def _words(value: IntLike):
+    """The low and high 32 bits of a 64-bit value (an int64 tensor's bit pattern)."""
     if isinstance(value, Tensor):
-        return value.to(device=device, dtype=torch.int64)
-    return torch.tensor(value, dtype=torch.int64, device=device)
-
-
-def _low32(x: Tensor) -> Tensor:
-    return x & MASK32
-
-
-def _high32(x: Tensor) -> Tensor:
-    # An arithmetic shift of a negative int64 fills with ones: masked, it is
-    # the high half of the two's complement pattern, as uint64 >> 32 gives.
-    return (x >> 32) & MASK32
+        value = value.to(torch.int64)
+        # An arithmetic shift of a negative int64 fills with ones: masked, it
+        # is the high half of the two's complement pattern, as uint64 >> 32 gives.
+        return value & MASK32, (value >> 32) & MASK32
+    value &= 2**64 - 1
+    return value & MASK32, value >> 32
 
 
 def tensor_key(seed: IntLike, step: IntLike, tensor: int, stream: int,
                device: Union[str, torch.device] = "cpu") -> Tensor:
     """The 0-d int64 key of one tensor written at one step (csrc/rounding.h).
 
-    ``seed`` and ``step`` are read as unsigned 64-bit (an int64 tensor's bit
-    pattern); ``tensor`` and ``stream`` as unsigned 32-bit."""
-    device = torch.device(device)
-    seed_t, step_t = _as_int64(seed, device), _as_int64(step, device)
-    h = torch.tensor(KEY_INIT, dtype=torch.int64, device=device)
-    for word in (_low32(seed_t), _high32(seed_t), _low32(step_t), _high32(step_t)):
-        h = mix32(h ^ word)
-    h = mix32(h ^ (tensor & MASK32))
-    return mix32(h ^ (stream & MASK32))
+    ``seed`` and ``step`` are read as unsigned 64-bit (an int64's bit pattern);
+    ``tensor`` and ``stream`` as unsigned 32-bit. What is a Python int is
+    hashed on the host, so that a device ``step`` makes no host-to-device copy
+    (none is allowed while a CUDA graph is captured)."""
+    h: IntLike = KEY_INIT
+    for word in (*_words(seed), *_words(step), tensor & MASK32, stream & MASK32):
+        mixed = h ^ word
+        h = mix32(mixed) if isinstance(mixed, Tensor) else _mix32_int(mixed)
+    if isinstance(h, Tensor):
+        return h
+    return torch.tensor(h, dtype=torch.int64, device=device)
 
 
 def element_offsets(t: Tensor) -> Tensor:
@@ -89,8 +98,8 @@ def element_offsets(t: Tensor) -> Tensor:
 
 def element_bits(key: Tensor, offsets: Tensor) -> Tensor:
     """The 32 random bits of each element (int64 in [0, 2^32))."""
-    block = mix32(key ^ _high32(offsets))
-    return mix32(block ^ _low32(offsets))
+    block = mix32(key ^ ((offsets >> 32) & MASK32))
+    return mix32(block ^ (offsets & MASK32))
 
 
 def bf16_stochastic(x: Tensor, bits: Tensor) -> Tensor:
@@ -111,3 +120,39 @@ def round_bf16(x: Tensor, seed: IntLike, step: IntLike, tensor: int, stream: int
     result has ``x``'s shape; its elements are numbered by ``x``'s strides."""
     bits = element_bits(tensor_key(seed, step, tensor, stream, x.device), element_offsets(x))
     return bf16_stochastic(x.contiguous(), bits.contiguous()).view(x.shape)
+
+
+# --------------------------------------------------------------------------- the drivers' side
+
+#: The state of a group's first parameter that counts the group's rounded steps.
+STEP_KEY = "rounding_step"
+
+
+@dataclass
+class Rounding:
+    """What a driver rounds in one bucket's update, and with which bits.
+
+    ``step`` is the group's counter of valid steps (a 0-d int64 tensor on the
+    bucket's device, see ``LossDrivenOptimizer._rounding``); ``tensor_ids`` number the bucket's
+    parameters in the optimizer's order (``state_dict()``'s). Stream 0 is the
+    parameter, 1 + k the k-th state."""
+
+    seed: int
+    step: Tensor
+    tensor_ids: List[int]
+    params: bool  # bfloat16 parameters written stochastically
+    states: bool  # bfloat16 per-element state
+
+    def write(self, dst: Tensor, value: Tensor, index: int, stream: int) -> None:
+        """``dst`` (bfloat16) <- ``value`` (float32) stochastically rounded."""
+        write_(dst, round_bf16(value, self.seed, self.step, self.tensor_ids[index], stream))
+
+
+def seed_from(value: Optional[int]) -> int:
+    """The rounding seed as a signed 64-bit int: ``value`` (any int in
+    [-2^63, 2^64)), or a draw from torch's default generator."""
+    if value is None:
+        return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
+        raise ValueError(f"invalid rounding_seed: {value!r}; it must be an int in [-2**63, 2**64)")
+    return value - 2**64 if value >= 2**63 else value

@@ -54,6 +54,22 @@ class AdaLo(LossDrivenOptimizer):
             the parameter becomes its rounded copy, in the same kernel pass on
             the fused path. Small updates then accumulate instead of rounding
             away. Other dtypes are stepped as they are.
+        state_dtype: ``None`` (the compute dtype: float32, float64 for float64
+            parameters), ``torch.float32`` or ``torch.bfloat16``: the dtype of
+            every per-element state (``exp_avg``, ``exp_avg_sq``,
+            ``momentum_buffer``). bfloat16 state is read into float32 math and
+            written back with stochastic rounding: half the memory, and no
+            small update lost on average. Not for float64 parameters.
+        stochastic_rounding: write bfloat16 parameters with stochastic
+            rounding instead of round-to-nearest, so that updates smaller than
+            their precision accumulate without master weights (it cannot be
+            combined with ``master_weights=True``). Other dtypes: no effect.
+        rounding_seed: the seed of the rounding's random bits, which come from
+            a hash of (seed, step, tensor, element), so every path writes the
+            same bits and a resumed run continues bit for bit. Default: drawn
+            from torch's default generator (only when rounding is used). Saved
+            in ``state_dict()`` (each group's ``rounding_seed``); the step
+            counter is the state ``rounding_step`` of the group's first parameter.
 
     A valid loss is finite and greater than -1; any other loss skips the step.
     """
@@ -79,12 +95,16 @@ class AdaLo(LossDrivenOptimizer):
         average_loss: bool = True,
         process_group: Optional[Any] = None,
         master_weights: bool = False,
+        state_dtype: Optional[torch.dtype] = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: Optional[int] = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps, mode=mode)
         super().__init__(
             params, defaults, foreach=foreach, fused=fused,
             average_loss=average_loss, process_group=process_group,
-            master_weights=master_weights,
+            master_weights=master_weights, state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
 
     def _validate(self, group: Dict[str, Any]) -> None:

@@ -38,7 +38,8 @@ class AdaLoss(LossDrivenOptimizer):
         c: the loss is measured from ``c``.
         momentum: heavy-ball momentum in [0, 1).
         weight_decay: L2 term added to the direction, not divided by ``b``.
-        foreach, fused, average_loss, process_group, master_weights: as in
+        foreach, fused, average_loss, process_group, master_weights,
+        state_dtype, stochastic_rounding, rounding_seed: as in
             :class:`AdaLo`.
 
     Any finite loss is valid; NaN or infinite losses skip the step.
@@ -65,12 +66,16 @@ class AdaLoss(LossDrivenOptimizer):
         average_loss: bool = True,
         process_group: Optional[Any] = None,
         master_weights: bool = False,
+        state_dtype: Optional[torch.dtype] = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: Optional[int] = None,
     ) -> None:
         defaults = dict(lr=lr, b0=b0, alpha=alpha, c=c, momentum=momentum, weight_decay=weight_decay)
         super().__init__(
             params, defaults, foreach=foreach, fused=fused,
             average_loss=average_loss, process_group=process_group,
-            master_weights=master_weights,
+            master_weights=master_weights, state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
 
     def _validate(self, group: Dict[str, Any]) -> None:

@@ -47,7 +47,8 @@ class AdamL(LossDrivenOptimizer):
         min_loss: ``f*``, a lower bound of the loss.
         normalize_loss: divide the gap by the first step's gap.
         weight_decay: decoupled weight decay.
-        foreach, fused, average_loss, process_group, master_weights: as in
+        foreach, fused, average_loss, process_group, master_weights,
+        state_dtype, stochastic_rounding, rounding_seed: as in
             :class:`AdaLo`.
 
     Any finite loss is valid; NaN or infinite losses skip the step.
@@ -76,6 +77,9 @@ class AdamL(LossDrivenOptimizer):
         average_loss: bool = True,
         process_group: Optional[Any] = None,
         master_weights: bool = False,
+        state_dtype: Optional[torch.dtype] = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: Optional[int] = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, gamma=gamma, phi=phi, min_loss=min_loss,
@@ -84,7 +88,8 @@ class AdamL(LossDrivenOptimizer):
         super().__init__(
             params, defaults, foreach=foreach, fused=fused,
             average_loss=average_loss, process_group=process_group,
-            master_weights=master_weights,
+            master_weights=master_weights, state_dtype=state_dtype,
+            stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
         )
 
     def _validate(self, group: Dict[str, Any]) -> None:
