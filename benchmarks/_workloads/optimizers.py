@@ -29,28 +29,32 @@ from lossopt_cuda import AdaLo, AdaLoss, AdamL  # noqa: E402
 
 @dataclass(frozen=True)
 class Candidate:
-    """One optimizer configuration: ``build(params, initial_loss)``."""
+    """One optimizer configuration: ``build(params, initial_loss)``. ``settings``
+    are the tuned hyper-parameters; ``storage`` the keyword arguments of how
+    state and parameters are stored (``master_weights``, ``state_dtype``,
+    ``stochastic_rounding``: the precision study), passed as they are."""
 
     optimizer: str
     label: str
     settings: Dict[str, Any] = field(default_factory=dict)
+    storage: Dict[str, Any] = field(default_factory=dict)
 
     def build(self, params: Iterable[Tensor], initial_loss: float) -> Optimizer:
-        return BUILDERS[self.optimizer](params, initial_loss, **self.settings)
+        return BUILDERS[self.optimizer](params, initial_loss, **self.settings, **self.storage)
 
 
 def _adalo(mode: str) -> Callable[..., Optimizer]:
-    def build(params, initial_loss, kappa, **_):
+    def build(params, initial_loss, kappa, **storage):
         value = float(kappa[:-2]) * initial_loss if isinstance(kappa, str) else float(kappa)
-        return AdaLo(params, kappa=value, mode=mode)
+        return AdaLo(params, kappa=value, mode=mode, **storage)
     return build
 
 
 BUILDERS: Dict[str, Callable[..., Optimizer]] = {
     "AdaLo (adversarial)": _adalo("adversarial"),
     "AdaLo (compliant)": _adalo("compliant"),
-    "AdamL": lambda params, _l, lr: AdamL(params, lr=lr),
-    "AdaLoss": lambda params, _l, lr, b0=1.0: AdaLoss(params, lr=lr, b0=b0),
+    "AdamL": lambda params, _l, lr, **storage: AdamL(params, lr=lr, **storage),
+    "AdaLoss": lambda params, _l, lr, b0=1.0, **storage: AdaLoss(params, lr=lr, b0=b0, **storage),
     "Adam": lambda params, _l, lr: torch.optim.Adam(params, lr=lr, fused=True),
     "AdamW": lambda params, _l, lr: torch.optim.AdamW(params, lr=lr, fused=True),
     "EAdam": lambda params, _l, lr: EAdam(params, lr=lr),

@@ -12,7 +12,6 @@ import torch
 
 from . import verdicts
 from .loop import Record
-from .models import n_params
 from .study import TaskResult
 
 
