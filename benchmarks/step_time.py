@@ -97,6 +97,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed rounds per config")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads for part 1")
     ap.add_argument("--no-target", action="store_true", help="leave out the CPU 12.6M/28-tensor target config")
+    ap.add_argument("--bf16-state", action="store_true",
+                    help="also time AdaLo, AdamL and AdaLoss with state_dtype=bfloat16 (and stochastic "
+                         "rounding of bf16 parameters), with a bf16 copy of the CPU target config")
     ap.add_argument("--adaloss-momentum", type=float, default=0.0,
                     help="AdaLoss momentum (default 0, its default: 12 B/element in fp32)")
     ap.add_argument("--epochs", type=int, default=None,

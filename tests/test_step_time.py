@@ -30,6 +30,9 @@ from _step_time import cases, costs  # noqa: E402
 # fp32 and bf16 parameters; this package's state is fp32, Adam's has the parameter's dtype.
 IDEAL_BYTES = {"AdaLo": (20, 14), "AdamL": (28, 22), "AdaLoss": (12, 6), "Adam": (28, 14), "AdamW": (28, 14)}
 STATE_BYTES = {"AdaLo": (4, 4), "AdamL": (8, 8), "AdaLoss": (0, 0), "Adam": (8, 4), "AdamW": (8, 4)}
+# With state_dtype=bfloat16 (the "+bf16" variants): the state elements are 2 bytes.
+IDEAL_BYTES_BF16_STATE = {"AdaLo": (16, 10), "AdamL": (20, 14), "AdaLoss": (12, 6)}
+STATE_BYTES_BF16_STATE = {"AdaLo": 2, "AdamL": 4, "AdaLoss": 0}
 
 
 @pytest.mark.parametrize("optimizer", sorted(IDEAL_BYTES))
@@ -37,6 +40,10 @@ def test_costs_per_element(optimizer):
     for dtype, want, state in zip((torch.float32, torch.bfloat16), IDEAL_BYTES[optimizer], STATE_BYTES[optimizer]):
         assert costs.bytes_per_element(optimizer, dtype, {}) == want
         assert costs.state_bytes_per_element(optimizer, dtype, {}) == state
+        if optimizer in IDEAL_BYTES_BF16_STATE:
+            low = cases.bf16_storage(dtype)
+            assert costs.bytes_per_element(optimizer, dtype, low) == IDEAL_BYTES_BF16_STATE[optimizer][dtype == torch.bfloat16]
+            assert costs.state_bytes_per_element(optimizer, dtype, low) == STATE_BYTES_BF16_STATE[optimizer]
     # AdaLoss with momentum keeps (and moves) one fp32 buffer more.
     if optimizer == "AdaLoss":
         assert costs.bytes_per_element(optimizer, torch.float32, {"momentum": 0.9}) == 20
@@ -69,7 +76,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("step_time")
     cmd = [sys.executable, str(BENCH / "step_time.py"), "--device", "cpu", "--sizes", "3K", "--no-target",
            "--layouts", "single", "transformer", "--repeats", "3", "--warmup", "1", "--epochs", "1",
-           "--threads", "1", "--out", str(out / "r.json"), "--plot", str(out / "r.png")]
+           "--threads", "1", "--bf16-state", "--out", str(out / "r.json"), "--plot", str(out / "r.png")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "r.json").read_text()), proc.stdout, out
@@ -86,9 +93,18 @@ def test_every_runnable_pair_is_timed(run):
                 assert {(opt, "forloop"), (opt, "foreach")} <= got
                 if opt in cases.LOSS_DRIVEN:
                     assert ((opt, "fused") in got) == fused_here
+            variants = {(r["optimizer"], r["impl"]) for r in data["results"] if r["storage"] == "bf16 state"
+                        and r["dtype"] == dtype and r["layout"] == layout}
+            assert {(o, i) for o in cases.LOSS_DRIVEN for i in ("forloop", "foreach")} <= variants
     for r in data["results"]:
         assert len(r["times_ms"]) == 3 and r["median_ms"] > 0
-        assert r["bytes_per_element"] == IDEAL_BYTES[r["optimizer"]][r["dtype"] == "bf16"]
+        if r["storage"] == "default":
+            assert r["bytes_per_element"] == IDEAL_BYTES[r["optimizer"]][r["dtype"] == "bf16"]
+            assert r["state_bytes_per_element"] == STATE_BYTES[r["optimizer"]][r["dtype"] == "bf16"]
+        else:
+            assert r["bytes_per_element"] == IDEAL_BYTES_BF16_STATE[r["optimizer"]][r["dtype"] == "bf16"]
+            assert r["state_bytes_per_element"] == STATE_BYTES_BF16_STATE[r["optimizer"]]
+            assert r["hparams"]["state_dtype"] == "torch.bfloat16"
         assert r["gb_per_s"] * r["median_ms"] / 1e3 * 1e9 == pytest.approx(r["bytes_per_element"] * r["numel"])
         assert r["fraction_of_copy"] == pytest.approx(r["gb_per_s"] / data["copy_gb_per_s"])
     assert "x best Adam" in stdout

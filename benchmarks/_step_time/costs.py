@@ -50,16 +50,24 @@ import torch
 #   AdamW    Adam + p = p*(1 - lr*wd)                  1                          -> 14
 
 
+def _state_element(hp: Dict[str, Any]) -> int:
+    """Bytes of one element of this package's per-element state: 4 (float32),
+    2 with ``state_dtype=torch.bfloat16``."""
+    return 2 if hp.get("state_dtype") == torch.bfloat16 else 4
+
+
 def bytes_per_element(optimizer: str, dtype: torch.dtype, hp: Dict[str, Any]) -> int:
-    """The ideal bytes one step reads and writes per parameter element (table above)."""
+    """The ideal bytes one step reads and writes per parameter element (table
+    above; with ``state_dtype=torch.bfloat16`` each state element is 2 bytes)."""
     p = torch.tensor([], dtype=dtype).element_size()
+    s = _state_element(hp)
     touch_pg = 2 * p + p  # read p, write p, read g
     if optimizer == "AdaLo":
-        return touch_pg + 2 * 4
+        return touch_pg + 2 * s
     if optimizer == "AdamL":
-        return touch_pg + 4 * 4
+        return touch_pg + 4 * s
     if optimizer == "AdaLoss":
-        return touch_pg + (2 * 4 if hp.get("momentum", 0.0) > 0 else 0)
+        return touch_pg + (2 * s if hp.get("momentum", 0.0) > 0 else 0)
     if optimizer in ("Adam", "AdamW"):
         return touch_pg + 4 * p
     raise ValueError(optimizer)
@@ -83,6 +91,6 @@ def flops_per_element(optimizer: str, hp: Dict[str, Any]) -> int:
 
 def state_bytes_per_element(optimizer: str, dtype: torch.dtype, hp: Dict[str, Any]) -> int:
     """Optimizer state kept per element (for the memory estimate)."""
-    p = torch.tensor([], dtype=dtype).element_size()
-    return {"Adam": 2 * p, "AdamW": 2 * p, "AdaLo": 4, "AdamL": 8,
-            "AdaLoss": 4 if hp.get("momentum", 0.0) > 0 else 0}[optimizer]
+    p, s = torch.tensor([], dtype=dtype).element_size(), _state_element(hp)
+    return {"Adam": 2 * p, "AdamW": 2 * p, "AdaLo": s, "AdamL": 2 * s,
+            "AdaLoss": s if hp.get("momentum", 0.0) > 0 else 0}[optimizer]

@@ -15,6 +15,8 @@ def plot(records: List[Dict[str, Any]], path: Path, copy: Dict[str, float], devi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # The default storage only: "+bf16" variants would share their optimizer's line.
+    records = [r for r in records if r.get("storage", "default") == "default"]
     sel = [r for r in records if r["device"] == device and r["dtype"] == dtype and r["layout"] == layout
            and not r["label"]]
     # The target config (28 tensors, not the sweep's ~108) is drawn as stars, not joined to the lines.

@@ -15,7 +15,7 @@ import torch
 
 from _system import device_name
 
-from .cases import TARGET_LABEL
+from .cases import TARGET_LABEL, TARGET_LABEL_BF16
 from .plots import plot
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -34,13 +34,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _label(r: Dict[str, Any]) -> str:
+    """The optimizer, marked ``+bf16`` when it keeps bfloat16 state."""
+    return r["optimizer"] + ("+bf16" if r.get("storage", "default") != "default" else "")
+
+
 def step_table(records: List[Dict[str, Any]]) -> str:
     headers = ["device", "dtype", "layout", "numel", "tensors", "optimizer", "impl", "median ms",
                "IQR ms", "min ms", "B/el", "FLOP/el", "GB/s", "of copy", "x best Adam", "config"]
     rows = []
     for r in records:
         rows.append([
-            r["device"], r["dtype"], r["layout"], f"{r['numel']:,}", r["n_tensors"], r["optimizer"],
+            r["device"], r["dtype"], r["layout"], f"{r['numel']:,}", r["n_tensors"], _label(r),
             r["impl"], f"{r['median_ms']:.3f}", f"{r['q3_ms'] - r['q1_ms']:.3f}", f"{r['min_ms']:.3f}", r["bytes_per_element"],
             r["flops_per_element"], f"{r['gb_per_s']:.2f}",
             f"{100 * r['fraction_of_copy']:.0f}%" if r["fraction_of_copy"] is not None else None,
@@ -73,15 +78,17 @@ def print_report(plan: Sequence[Any], records: List[Dict[str, Any]], copy: Dict[
     for cfg, _ in plan:
         if cfg.note:
             print(f"note: {cfg.describe()}: {cfg.note}")
-    target = [r for r in records if r["label"] == TARGET_LABEL]
-    if target:
-        print(f"\n{TARGET_LABEL}:")
+    for label in (TARGET_LABEL, TARGET_LABEL_BF16):
+        target = [r for r in records if r["label"] == label]
+        if not target:
+            continue
+        print(f"\n{label}:")
         for r in sorted(target, key=lambda r: r["median_ms"]):
             ratio = (f"{r['ratio_to_best_adam']:.2f}x best Adam ({r['best_adam']})"
                      if r["ratio_to_best_adam"] is not None else "")
-            print(f"  {r['optimizer'] + '/' + r['impl']:<16} median {r['median_ms']:9.3f} ms  "
-                  f"min {r['min_ms']:9.3f} ms  {ratio}{'  noisy!' if r.get('noisy') else ''}")
-
+            print(f"  {_label(r) + '/' + r['impl']:<20} median {r['median_ms']:9.3f} ms  "
+                  f"min {r['min_ms']:9.3f} ms  state {r['state_bytes_per_element']} B/el  "
+                  f"{ratio}{'  noisy!' if r.get('noisy') else ''}")
 
 def save(result: Dict[str, Any], records: List[Dict[str, Any]], copy: Dict[str, Dict[str, float]],
          primary: str, stamp: _dt.datetime, args: argparse.Namespace) -> None:

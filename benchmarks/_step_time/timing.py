@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .cases import LOSS_DRIVEN, Candidate, Config, free_bytes, make_optimizer
-from .costs import bytes_per_element, flops_per_element
+from .costs import bytes_per_element, flops_per_element, state_bytes_per_element
 
 LOSS_VALUE = 0.7  # any valid loss; the step's cost does not depend on it
 
@@ -163,6 +163,8 @@ def make_records(cfg: Config, cands: List[Candidate], device_name: str) -> List[
         gbps = bpe * cfg.numel / (med / 1e3) / 1e9
         records.append({
             "optimizer": cand.optimizer,
+            "storage": cand.storage,
+            "state_bytes_per_element": state_bytes_per_element(cand.optimizer, cfg.dtype, cand.hparams),
             "impl": cand.impl,
             "device": cfg.device.type,
             "device_name": device_name,
@@ -188,7 +190,7 @@ def make_records(cfg: Config, cands: List[Candidate], device_name: str) -> List[
             "fraction_of_copy": None,
             "ratio_to_best_adam": med / best_adam_ms if best_adam_ms else None,
             "best_adam": best_adam,
-            "hparams": cand.hparams,
+            "hparams": {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in cand.hparams.items()},
             "threads": torch.get_num_threads() if cfg.device.type == "cpu" else None,
             "note": cfg.note,
         })
