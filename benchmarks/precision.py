@@ -10,7 +10,7 @@ on the same batches. The study is ``_workloads/precision.py``.
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/precision.py --smoke --out /tmp/precision   # seconds; CI runs it
-    .venv/bin/python benchmarks/precision.py --quick --out /tmp/precision   # about 3 min on 2 cores
+    .venv/bin/python benchmarks/precision.py --quick --out /tmp/precision   # 1.5 min of CPU (2 cores)
     .venv/bin/python benchmarks/precision.py                                # benchmarks/results/precision/
 
 It writes ``report.md``, ``precision.png`` and ``results.json``.
@@ -40,7 +40,7 @@ from _workloads.models import n_params  # noqa: E402
 from _workloads.tasks import DigitsCNNTask, Preset  # noqa: E402
 
 #: (iterations, seeds, evaluations) per preset.
-PRESETS = {"smoke": (6, (0,), 2), "quick": (300, (0,), 5), "full": (1500, (0, 1, 2), 10)}
+PRESETS = {"smoke": (6, (0,), 2), "quick": (300, (0,), 5), "full": (1000, (0, 1, 2), 10)}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
