@@ -1,9 +1,10 @@
 // Stochastic rounding of float32 to bfloat16, with random bits that every path
 // can reproduce: a counter-based hash of (seed, step, tensor, stream, element),
-// not a generator's state. The CPU kernel, the CUDA kernel and the torch-op
-// twin (lossopt_cuda/_rounding.py) compute the same bits, so the paths agree
-// bit for bit and a checkpoint resumes exactly. Host-and-device code with no
-// 16-bit type: the result is the bfloat16's bit pattern.
+// not a generator's state. Every path computes the same random bits from the
+// torch-op twin (lossopt_cuda/_rounding.py) to the kernels, so paths that
+// round the same float32 values write the same bfloat16 ones, and a checkpoint
+// resumes exactly. Host-and-device code with no 16-bit type: the result is the
+// bfloat16's bit pattern.
 //
 // The hash is 32-bit integer arithmetic (mod 2^32): mix32 is the "lowbias32"
 // finaliser with the constants of the hash prospector's best two-round

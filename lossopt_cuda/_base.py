@@ -194,6 +194,8 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         kernels can run its parameters) are checked before it is added."""
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._validate(merged)
+        if param_group.get("rounding_seed") is not None:  # checked (and made int64) before the group exists
+            param_group["rounding_seed"] = seed_from(param_group["rounding_seed"])
         params = param_group["params"]
         if self.fused and not isinstance(params, set):  # torch.optim refuses sets itself
             if not isinstance(params, Tensor):
@@ -478,11 +480,12 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
         for g in self.param_groups:  # numbered as state_dict() numbers them
             for p in g["params"]:
                 order.setdefault(p, len(order))
-        seed = group.get("rounding_seed", self.defaults.get("rounding_seed"))
-        if seed is None:  # groups loaded from a checkpoint saved without rounding
-            seed = group["rounding_seed"] = self.defaults["rounding_seed"] = seed_from(None)
-        return Rounding(seed, place(self._rounding_step(group), device), [order[p] for p in params],
-                        round_params, round_states)
+        if group.get("rounding_seed") is None:
+            # A group loaded from a checkpoint saved without rounding: it takes
+            # this optimizer's seed, kept in the group so that state_dict() saves it.
+            group["rounding_seed"] = self.defaults["rounding_seed"]
+        return Rounding(group["rounding_seed"], place(self._rounding_step(group), device),
+                        [order[p] for p in params], round_params, round_states)
 
     def _count_rounded_step(self, group: Dict[str, Any], buckets: Dict[Tuple[torch.device, torch.dtype], List[Tensor]],
                             valid: Tensor) -> None:

@@ -83,6 +83,10 @@ class CheckpointMixin(Optimizer):
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
             groups.append(saved)
+        seed = self.defaults.get("rounding_seed")
+        for group in groups:  # saved without rounding: this optimizer's seed (see _base._rounding)
+            if seed is not None and group.get("rounding_seed") is None:
+                group["rounding_seed"] = seed
         self.__setstate__({"state": state, "param_groups": groups})
         for group in self.param_groups:
             first = group["params"][0] if group["params"] else None

@@ -103,18 +103,24 @@ def update_params(
         if master is not None:
             _commit_all(params, [m.to(p.dtype) for p, m in zip(params, master)], kwargs["valid"])
         return
-    wide = {k: _widen_all(v, torch.float32) for k, v in states.items()} if rounding.states else states
-    targets = master if master is not None else (_widen_all(params, torch.float32) if rounding.params else params)
-    update(targets, grads, **wide, **kwargs)
-    if master is not None:
-        _commit_all(params, [m.to(p.dtype) for p, m in zip(params, master)], kwargs["valid"])
-    elif rounding.params:
-        for i, (p, t) in enumerate(zip(params, targets)):
-            rounding.write(p, t, i, 0)
-    if rounding.states:
-        for k, key in enumerate(states):
-            for i, (s, w) in enumerate(zip(states[key], wide[key])):
-                rounding.write(s, w, i, 1 + k)
+    # One parameter at a time: the float32 copies and the hash's temporaries
+    # then live for one tensor, not for the whole bucket.
+    valid = kwargs["valid"]
+    for i in range(len(params)):
+        one = {k: v[i:i + 1] for k, v in states.items()}
+        wide = {k: _widen_all(v, torch.float32) for k, v in one.items()} if rounding.states else one
+        if master is not None:
+            target = master[i:i + 1]
+        else:
+            target = _widen_all(params[i:i + 1], torch.float32) if rounding.params else params[i:i + 1]
+        update(target, grads[i:i + 1], **wide, **kwargs)
+        if master is not None:
+            _commit(params[i], master[i].to(params[i].dtype), valid)
+        elif rounding.params:
+            rounding.write(params[i], target[0], i, 0, valid)
+        if rounding.states:
+            for k, key in enumerate(states):
+                rounding.write(states[key][i], wide[key][0], i, 1 + k, valid)
 
 
 # --------------------------------------------------------------------------- AdaLo

@@ -114,12 +114,26 @@ def bf16_stochastic(x: Tensor, bits: Tensor) -> Tensor:
     return ((rounded ^ 0x8000) - 0x8000).to(torch.int16).view(torch.bfloat16)
 
 
+#: Elements hashed at a time: the hash's int64 temporaries (about 56 bytes an
+#: element) stay bounded for tensors of any size.
+CHUNK = 1 << 22
+
+
 def round_bf16(x: Tensor, seed: IntLike, step: IntLike, tensor: int, stream: int) -> Tensor:
     """``x`` (float32, any layout) stochastically rounded to bfloat16 with the
     bits of (seed, step, tensor, stream): what the kernels write for it. The
     result has ``x``'s shape; its elements are numbered by ``x``'s strides."""
-    bits = element_bits(tensor_key(seed, step, tensor, stream, x.device), element_offsets(x))
-    return bf16_stochastic(x.contiguous(), bits.contiguous()).view(x.shape)
+    key = tensor_key(seed, step, tensor, stream, x.device)
+    if not x.is_contiguous():
+        bits = element_bits(key, element_offsets(x))
+        return bf16_stochastic(x.contiguous(), bits.contiguous()).view(x.shape)
+    flat = x.reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.bfloat16, device=x.device)
+    for start in range(0, flat.numel(), CHUNK):
+        end = min(start + CHUNK, flat.numel())
+        offsets = torch.arange(start, end, dtype=torch.int64, device=x.device)
+        out[start:end] = bf16_stochastic(flat[start:end], element_bits(key, offsets))
+    return out.view(x.shape)
 
 
 # --------------------------------------------------------------------------- the drivers' side
@@ -143,9 +157,12 @@ class Rounding:
     params: bool  # bfloat16 parameters written stochastically
     states: bool  # bfloat16 per-element state
 
-    def write(self, dst: Tensor, value: Tensor, index: int, stream: int) -> None:
-        """``dst`` (bfloat16) <- ``value`` (float32) stochastically rounded."""
-        write_(dst, round_bf16(value, self.seed, self.step, self.tensor_ids[index], stream))
+    def write(self, dst: Tensor, value: Tensor, index: int, stream: int, valid: Tensor) -> None:
+        """``dst`` (bfloat16) <- ``value`` (float32) stochastically rounded,
+        where the step was ``valid`` (elsewhere ``dst`` keeps its very bits,
+        NaN payloads included)."""
+        rounded = round_bf16(value, self.seed, self.step, self.tensor_ids[index], stream)
+        write_(dst, torch.where(valid, rounded, dst))
 
 
 def seed_from(value: Optional[int]) -> int:

@@ -58,8 +58,8 @@ class AdaLo(LossDrivenOptimizer):
             parameters), ``torch.float32`` or ``torch.bfloat16``: the dtype of
             every per-element state (``exp_avg``, ``exp_avg_sq``,
             ``momentum_buffer``). bfloat16 state is read into float32 math and
-            written back with stochastic rounding: half the memory, and no
-            small update lost on average. Not for float64 parameters.
+            written back with stochastic rounding: half the stored state, and
+            no small update lost on average. Not for float64 parameters.
         stochastic_rounding: write bfloat16 parameters with stochastic
             rounding instead of round-to-nearest, so that updates smaller than
             their precision accumulate without master weights (it cannot be
