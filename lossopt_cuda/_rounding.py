@@ -31,28 +31,20 @@ BF16_NAN = 0x7FC0
 IntLike = Union[int, Tensor]
 
 
-def _mul32(x: Tensor, c: int) -> Tensor:
+def _mul32(x: IntLike, c: int) -> IntLike:
     """``x * c mod 2^32`` for 0 <= x < 2^32, in two products below 2^48."""
     low = x * (c & 0xFFFF)
     high = ((x * (c >> 16)) & 0xFFFF) << 16
     return (low + high) & MASK32
 
 
-def mix32(x: Tensor) -> Tensor:
-    """csrc/rounding.h's mix32 on int64 tensors holding values in [0, 2^32)."""
+def mix32(x: IntLike) -> IntLike:
+    """csrc/rounding.h's mix32 on int64 tensors holding values in [0, 2^32), or
+    on a Python int (host constants such as the seed's words stay on the host)."""
     x = x ^ (x >> 16)
     x = _mul32(x, MUL1)
     x = x ^ (x >> 15)
     x = _mul32(x, MUL2)
-    return x ^ (x >> 15)
-
-
-def _mix32_int(x: int) -> int:
-    """mix32 on a Python int: host constants (the seed's words) never become tensors."""
-    x ^= x >> 16
-    x = (x * MUL1) & MASK32
-    x ^= x >> 15
-    x = (x * MUL2) & MASK32
     return x ^ (x >> 15)
 
 
@@ -77,8 +69,7 @@ def tensor_key(seed: IntLike, step: IntLike, tensor: int, stream: int,
     (none is allowed while a CUDA graph is captured)."""
     h: IntLike = KEY_INIT
     for word in (*_words(seed), *_words(step), tensor & MASK32, stream & MASK32):
-        mixed = h ^ word
-        h = mix32(mixed) if isinstance(mixed, Tensor) else _mix32_int(mixed)
+        h = mix32(h ^ word)
     if isinstance(h, Tensor):
         return h
     return torch.tensor(h, dtype=torch.int64, device=device)
