@@ -45,7 +45,7 @@ for _path in (str(REPO), str(HERE)):  # run from a checkout without `pip install
 
 import torch  # noqa: E402
 
-from _system import commit_label  # noqa: E402
+from _system import commit_label, load_average  # noqa: E402
 from _workloads import plots, report  # noqa: E402
 from _workloads.finetune import run_finetune  # noqa: E402
 from _workloads.finetune import section as finetune_section  # noqa: E402
@@ -60,7 +60,9 @@ SMOKE = Preset("smoke", {"cnn-digits": 6, "lstm-docstrings": 4, "gpt-docstrings"
 QUICK = Preset("quick", {"cnn-digits": 150, "lstm-docstrings": 150, "gpt-docstrings": 60, "wgan-digits": 150},
                evals=5, seeds=(0,), candidates=1, text_chars=1_000_000, pretrain_steps=100, finetune_steps=30,
                timing_rounds=4)
-FULL = Preset("full", {"cnn-digits": 1200, "lstm-docstrings": 800, "gpt-docstrings": 400, "wgan-digits": 1500},
+# Sized to about 1.5 hours on 2 idle cores (1200/800/400/1500 iterations took more than 2.5 hours
+# on shared cores).
+FULL = Preset("full", {"cnn-digits": 1000, "lstm-docstrings": 600, "gpt-docstrings": 300, "wgan-digits": 1200},
               evals=16, seeds=(0, 1, 2), candidates=3, text_chars=2_000_000, pretrain_steps=800,
               finetune_steps=150, timing_rounds=10)
 FINETUNE = "finetune-docstrings"
@@ -79,13 +81,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     size.add_argument("--quick", action="store_true", help="one seed, one candidate, short runs (< 10 min)")
     size.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/workloads)")
-    ap.add_argument("--tasks", nargs="*", choices=[*TASKS, FINETUNE], default=[*TASKS, FINETUNE])
+    ap.add_argument("--tasks", nargs="+", choices=[*TASKS, FINETUNE], default=[*TASKS, FINETUNE])
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     args = ap.parse_args(argv)
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     out = args.out or REPO / "benchmarks" / "results" / "workloads"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    load_before = load_average()
     start = time.perf_counter()
     results, figures, params = {}, {}, {}
     finetune = None
@@ -93,25 +96,34 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         if name == FINETUNE:
             finetune = run_finetune(preset.pretrain_steps, preset.finetune_steps, preset.seeds,
                                     preset.text_chars, progress=sys.stderr.isatty())
-            print(f"{name}: done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
-            continue
-        task = TASKS[name](preset)
-        results[name] = run_task(task, OPTIMIZERS[name], preset, progress=sys.stderr.isatty())
-        figures[name] = plots.curves(results[name], out)
-        session = task.session(results[name].runs[OPTIMIZERS[name][0]][0].candidate, 0)
-        params[name] = sum(n_params(m) for m in vars(session).values() if isinstance(m, torch.nn.Module))
+        else:
+            task = TASKS[name](preset)
+            results[name] = run_task(task, OPTIMIZERS[name], preset, progress=sys.stderr.isatty())
+            figures[name] = plots.curves(results[name], out)
+            session = task.session(results[name].runs[OPTIMIZERS[name][0]][0].candidate, 0)
+            params[name] = sum(n_params(m) for m in vars(session).values() if isinstance(m, torch.nn.Module))
         print(f"{name}: done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    seconds = time.perf_counter() - start
+        # Written after every task, so that a long run stopped part-way keeps what it finished.
+        seconds = time.perf_counter() - start
+        pending = args.tasks[args.tasks.index(name) + 1:]
+        path = _write(out, preset, seconds, results, figures, params, finetune, pending, load_before)
+    print(f"report: {path} ({seconds / 60:.1f} min)")
+    return {"report": path, "seconds": seconds}
+
+
+def _write(out: Path, preset: Preset, seconds: float, results, figures, params, finetune,
+           pending: List[str], load_before: Optional[float]) -> Path:
+    """``report.md`` and ``results.json`` of the tasks finished so far."""
     extra = finetune_section(finetune) if finetune is not None else []
-    path = report.write(results, figures, params, out, preset, seconds, commit_label(), extra)
+    path = report.write(results, figures, params, out, preset, seconds, commit_label(), extra, pending,
+                        (load_before, load_average()))
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:
         dump[FINETUNE] = [{"method": m, "b0": b0, "accuracy": acc} for (m, b0), acc in finetune.accuracy.items()]
     timing = {name: {o: t.to_json() for o, t in res.timing.items()} for name, res in results.items()}
     (out / "results.json").write_text(json.dumps({"preset": preset.name, "seconds": seconds, "runs": dump,
-                                                  "timing": timing}))
-    print(f"report: {path} ({seconds / 60:.1f} min)")
-    return {"report": path, "seconds": seconds}
+                                                  "timing": timing, "pending": pending}))
+    return path
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import math
 import platform
 import statistics
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -71,13 +71,15 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
 
 
 def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[str, int], out: Path,
-          preset, seconds: float, commit: str, extra: Sequence[str] = ()) -> Path:
+          preset, seconds: float, commit: str, extra: Sequence[str] = (), pending: Sequence[str] = (),
+          loads: Sequence[Optional[float]] = (None, None)) -> Path:
     lines = [
         f"# Real workloads ({preset.name} run)",
         "",
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"Python {platform.python_version()}, torch {torch.__version__}",
-        f"- Commit: {commit}; total time {seconds / 60:.1f} min",
+        f"- Commit: {commit}; total time {seconds / 60:.1f} min; 1-minute load average {loads[0]} "
+        f"before the run, {loads[1]} at this write (the run's own threads count)",
         f"- Preset: seeds {list(preset.seeds)}, {preset.candidates} candidate(s) per optimizer, "
         f"iterations {preset.steps}",
         "- Every optimizer gets the same tuning budget (its first candidates, the seeds' guidance "
@@ -89,6 +91,8 @@ def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[st
         "median optimizer steps of the same side-by-side sessions (see their rule).",
         "",
     ]
+    if pending:
+        lines += [f"**Written part-way: still to run: {', '.join(pending)}.**", ""]
     if preset.name != "full":
         lines += [f"**A {preset.name} run: too short for its verdicts to mean anything about the "
                   "claims; they are computed to show the rules at work. The full run decides.**", ""]
