@@ -88,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     out = args.out or REPO / "benchmarks" / "results" / "workloads"
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    load_before = load_average()
+    load_before, commit = load_average(), commit_label()  # at the start: the code that runs
     start = time.perf_counter()
     results, figures, params = {}, {}, {}
     finetune = None
@@ -106,16 +106,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         # Written after every task, so that a long run stopped part-way keeps what it finished.
         seconds = time.perf_counter() - start
         pending = args.tasks[args.tasks.index(name) + 1:]
-        path = _write(out, preset, seconds, results, figures, params, finetune, pending, load_before)
+        path = _write(out, preset, seconds, results, figures, params, finetune, pending, load_before, commit)
     print(f"report: {path} ({seconds / 60:.1f} min)")
     return {"report": path, "seconds": seconds}
 
 
 def _write(out: Path, preset: Preset, seconds: float, results, figures, params, finetune,
-           pending: List[str], load_before: Optional[float]) -> Path:
+           pending: List[str], load_before: Optional[float], commit: str) -> Path:
     """``report.md`` and ``results.json`` of the tasks finished so far."""
     extra = finetune_section(finetune) if finetune is not None else []
-    path = report.write(results, figures, params, out, preset, seconds, commit_label(), extra, pending,
+    path = report.write(results, figures, params, out, preset, seconds, commit, extra, pending,
                         (load_before, load_average()))
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:
