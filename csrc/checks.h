@@ -6,8 +6,20 @@
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
+#include <optional>
 
 namespace lossopt {
+
+// The stochastic rounding arguments of an update op (csrc/rounding.h). Without
+// a step counter nothing is rounded. With it, bfloat16 states are written
+// rounded, and so are bfloat16 parameters when `params` (never with master
+// weights); tensor_ids number the parameters in the optimizer's order.
+struct Rounding {
+  std::optional<at::Tensor> step;  // int64, one element: the group's count of valid steps
+  int64_t seed = 0;
+  at::IntArrayRef tensor_ids;
+  bool params = false;
+};
 
 // Element i of `t` and of `like` (same sizes) sit at the same flat offset:
 // equal strides wherever a dimension has more than one element (autograd
@@ -23,13 +35,33 @@ inline bool same_layout(const at::Tensor& t, const at::Tensor& like) {
 // params, grads and each state list: same length; per index, tensors on the
 // scalars' device, dense and laid out like the parameter (so the kernels can
 // walk them as flat memory); grads in the parameter's dtype; states in the
-// math dtype (float32, or float64 for float64 parameters); scalars float64.
+// math dtype (float32, or float64 for float64 parameters) or, with a rounding
+// counter, all in bfloat16 (float32 math); scalars float64.
 // All checks run before anything is written, so a refused call changes nothing.
 // master: empty, or the float32 master weights of float16/bfloat16 parameters,
-// one per parameter and laid out like it.
+// one per parameter and laid out like it. rounding: null where the op's
+// implementation does not round (it refuses the arguments itself).
 inline void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                         std::initializer_list<at::TensorList> states, at::TensorList master,
-                        const at::Tensor& scalars, int64_t n_scalars) {
+                        const at::Tensor& scalars, int64_t n_scalars,
+                        const Rounding* rounding = nullptr) {
+  const bool rounds = rounding != nullptr && rounding->step.has_value();
+  if (rounding != nullptr && !rounds) {
+    TORCH_CHECK(!rounding->params && rounding->tensor_ids.empty(), op,
+                ": round_params and tensor_ids need a rounding_step");
+  }
+  if (rounds) {
+    const at::Tensor& step = *rounding->step;
+    TORCH_CHECK(step.scalar_type() == at::kLong && step.numel() == 1 &&
+                    step.device() == scalars.device(),
+                op, ": rounding_step must be one int64 element on ", scalars.device());
+    TORCH_CHECK(rounding->tensor_ids.size() == params.size(), op, ": ", params.size(),
+                " parameters but ", rounding->tensor_ids.size(), " tensor ids");
+    TORCH_CHECK(!rounding->params || master.empty(), op,
+                ": round_params writes the parameters themselves; not with master weights");
+    TORCH_CHECK(!rounding->params || params.empty() || params[0].scalar_type() == at::kBFloat16,
+                op, ": round_params is for bfloat16 parameters");
+  }
   TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " parameters but ",
               grads.size(), " gradients");
   TORCH_CHECK(master.empty() || master.size() == params.size(), op, ": ", params.size(),
@@ -45,6 +77,11 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
   if (params.empty()) return;
   const auto dtype = params[0].scalar_type();
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  // bfloat16 states are rounded: only with a counter, over float32 math.
+  const bool bf16_states = rounds && math == at::kFloat && states.size() > 0 &&
+                           states.begin()->size() > 0 &&
+                           (*states.begin())[0].scalar_type() == at::kBFloat16;
+  const auto state_type = bf16_states ? at::kBFloat16 : math;
   TORCH_CHECK(master.empty() || dtype == at::kHalf || dtype == at::kBFloat16, op,
               ": master weights are for float16 and bfloat16 parameters, not ", dtype);
   int64_t first_unwalkable = -1;
@@ -59,8 +96,10 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
                 " must match its parameter in device and shape");
     for (const auto& list : states) {
       const at::Tensor& s = list[i];
-      TORCH_CHECK(s.device() == p.device() && s.scalar_type() == math && s.sizes() == p.sizes(),
-                  op, ": state of parameter ", i, " must be ", math, " on its device with its shape");
+      TORCH_CHECK(s.device() == p.device() && s.scalar_type() == state_type &&
+                      s.sizes() == p.sizes(),
+                  op, ": state of parameter ", i, " must be ", state_type,
+                  " on its device with its shape");
     }
     if (!master.empty()) {
       const at::Tensor& m = master[i];

@@ -54,16 +54,23 @@ TORCH_LIBRARY(lossopt, m) {
   // master: the float32 master weights of float16/bfloat16 parameters, or an
   // empty list; with them the rule steps the master and the parameter gets its
   // rounded copy, in the same pass.
-  m.def(
+  // rounding_step (int64, one element), rounding_seed, tensor_ids (one per
+  // parameter, in the optimizer's order), round_params: stochastic rounding
+  // (csrc/rounding.h, checks.h's Rounding): bfloat16 states, and bfloat16
+  // parameters with round_params. Without rounding_step nothing is rounded.
+  const std::string rounding =
+      ", Tensor? rounding_step=None, int rounding_seed=0, int[] tensor_ids=[], "
+      "bool round_params=False) -> ()";
+  m.def((
       "adalo_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(d!)[] master, "
-      "Tensor scalars, float beta1, float weight_decay) -> ()");
-  m.def(
+      "Tensor scalars, float beta1, float weight_decay" + rounding).c_str());
+  m.def((
       "adaml_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
       "Tensor(c!)[] exp_avg_sq, Tensor(d!)[] master, Tensor scalars, float beta1, float beta2, "
-      "float weight_decay) -> ()");
-  m.def(
+      "float weight_decay" + rounding).c_str());
+  m.def((
       "adaloss_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, "
-      "Tensor(d!)[] master, Tensor scalars, float momentum, float weight_decay) -> ()");
+      "Tensor(d!)[] master, Tensor scalars, float momentum, float weight_decay" + rounding).c_str());
   m.def("build_info() -> str", &build_info);
 }
 

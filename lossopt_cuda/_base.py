@@ -332,14 +332,15 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
     def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
         """The update function for a bucket; ``kernels=False`` when the group's
         scalars are not on the device (see ``_advances_on_device``)."""
-        rounds = any(self._rounds(dtype))
-        if kernels and not rounds and self._wants_kernels() and _kernels.fused_supported(device, dtype):
+        # Rounded buckets: the kernels where they round, else foreach.
+        unrounded = not any(self._rounds(dtype)) or _kernels.rounding_supported(device)
+        if kernels and unrounded and self._wants_kernels() and _kernels.fused_supported(device, dtype):
             return type(self)._fused
         name = type(self).__name__
-        if self.fused and rounds:
+        if self.fused and not unrounded:
             raise RuntimeError(
-                f"{name}(fused=True): the compiled kernels do not write bfloat16 state or stochastically "
-                "rounded parameters yet; use fused=None, which takes the foreach path for them"
+                f"{name}(fused=True): the compiled kernels on {device.type} do not write bfloat16 state or "
+                "stochastically rounded parameters yet; use fused=None, which takes the foreach path for them"
             )
         if self.fused:
             why = "" if _kernels.kernels_on(device.type) else f" ({_kernels.missing(device.type)})"
@@ -347,7 +348,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
                 f"{name}(fused=True): no compiled kernel for {dtype} parameters on {device}{why}; "
                 "use fused=None to fall back to foreach"
             )
-        if self._wants_kernels() and not rounds and not _kernels.kernels_on(device.type):
+        if self._wants_kernels() and unrounded and not _kernels.kernels_on(device.type):
             _kernels.warn_fallback(device.type, name)
         return type(self)._forloop if self.foreach is False else type(self)._foreach
 
@@ -400,7 +401,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
             rounding = self._rounding(group, params, dtype, device)
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
-                update(params, grads, scalars=local_vector, master=master, **states, **args)
+                update(params, grads, scalars=local_vector, master=master, rounding=rounding, **states, **args)
             else:  # a bucket without kernels (float64 on CUDA, bfloat16 state) in a fused group
                 _fused.host_update(update, self._scalar_names, params, master, grads, states,
                                    local_vector, args, rounding)

@@ -12,8 +12,11 @@ import platform
 import sys
 from typing import List, Tuple
 
-#: Flags of every C++ source of the kernels.
-CXX_FLAGS = ["-O3", "-fno-math-errno"]
+#: Flags of every C++ source of the kernels. No contraction of a multiply and
+#: an add into one fused multiply-add: the kernels round each operation as the
+#: for-loop and foreach paths do, so that every path computes the same float32
+#: values (and stochastic rounding writes the same bfloat16 bits).
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 
 #: The CPU kernels' source (csrc/cpu/kernels.cpp), compiled once per instruction
 #: set with the flags ATen uses for its own kernels of that set.

@@ -23,6 +23,7 @@ the same step, with the same scalars.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -119,19 +120,21 @@ def _launch(
     master: Optional[List[Tensor]],
     scalars: Tensor,
     args: Dict[str, float],
+    rounding: Optional["Rounding"] = None,
 ) -> None:
     masters = master if master is not None else []
 
     def run(update: Callable[..., None], index: Optional[List[int]] = None) -> None:
         """``update`` (the op, or the fallback) on the parameters at ``index`` (all: None)."""
-        def pick(ts: List[Tensor]) -> List[Tensor]:
+        def pick(ts: List[Any]) -> List[Any]:
             return ts if index is None or not ts else [ts[i] for i in index]
+        some = None if rounding is None else dataclasses.replace(rounding, tensor_ids=pick(rounding.tensor_ids))
         if update is op:
             op(pick(params), pick(grads), *map(pick, states.values()), pick(masters), scalars,
-               *args.values())
+               *args.values(), *_rounding_args(some))
         else:
             host_update(update, names, pick(params), pick(master) if master is not None else None,
-                        pick(grads), {k: pick(v) for k, v in states.items()}, scalars, args)
+                        pick(grads), {k: pick(v) for k, v in states.items()}, scalars, args, some)
 
     if not torch.compiler.is_compiling():
         # The op checks walkability itself before writing anything, faster
@@ -152,32 +155,41 @@ def _launch(
         run(op, keep)
 
 
+def _rounding_args(rounding: Optional["Rounding"]) -> tuple:
+    """The ops' trailing arguments (csrc/ops.cpp): rounding_step, rounding_seed,
+    tensor_ids, round_params; none without rounding (the schema's defaults)."""
+    if rounding is None:
+        return ()
+    return rounding.step, rounding.seed, rounding.tensor_ids, rounding.params
+
+
 def adalo_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor], scalars: Tensor,
     beta1: float, weight_decay: float, master: Optional[List[Tensor]] = None,
+    rounding: Optional["Rounding"] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adalo_, _reference.adalo_foreach, ADALO_SCALARS, params, grads,
-        {"exp_avg": exp_avg}, master, scalars, dict(beta1=beta1, weight_decay=weight_decay),
+        {"exp_avg": exp_avg}, master, scalars, dict(beta1=beta1, weight_decay=weight_decay), rounding,
     )
 
 
 def adaml_fused(
     params: List[Tensor], grads: List[Tensor], *, exp_avg: List[Tensor],
     exp_avg_sq: List[Tensor], scalars: Tensor, beta1: float, beta2: float, weight_decay: float,
-    master: Optional[List[Tensor]] = None,
+    master: Optional[List[Tensor]] = None, rounding: Optional["Rounding"] = None,
 ) -> None:
     _launch(
         torch.ops.lossopt.adaml_, _reference.adaml_foreach, ADAML_SCALARS, params, grads,
         {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, master, scalars,
-        dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay),
+        dict(beta1=beta1, beta2=beta2, weight_decay=weight_decay), rounding,
     )
 
 
 def adaloss_fused(
     params: List[Tensor], grads: List[Tensor], *, scalars: Tensor, momentum: float,
     weight_decay: float, momentum_buffer: Optional[List[Tensor]] = None,
-    master: Optional[List[Tensor]] = None,
+    master: Optional[List[Tensor]] = None, rounding: Optional["Rounding"] = None,
 ) -> None:
     states = {"momentum_buffer": momentum_buffer} if momentum_buffer is not None else {}
     # The op takes an empty buffer list for "no momentum"; the fallback takes None.
@@ -185,7 +197,7 @@ def adaloss_fused(
     launch_op = op if states else (lambda p, g, m, s, *a: op(p, g, [], m, s, *a))
     _launch(
         launch_op, _reference.adaloss_foreach, ADALOSS_SCALARS, params, grads, states, master,
-        scalars, dict(momentum=momentum, weight_decay=weight_decay),
+        scalars, dict(momentum=momentum, weight_decay=weight_decay), rounding,
     )
 
 

@@ -265,6 +265,16 @@ def fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return kernels_on(device.type) and dtype in FUSED_DTYPES.get(device.type, ())
 
 
+#: Devices whose kernels write bfloat16 state and stochastically rounded
+#: parameters (csrc/rounding.h); elsewhere rounded buckets take the foreach path.
+ROUNDING_DEVICES = ("cpu",)
+
+
+def rounding_supported(device: torch.device) -> bool:
+    """Whether the compiled kernels of this device type round stochastically."""
+    return device.type in ROUNDING_DEVICES
+
+
 def missing(device_type: str) -> str:
     """Why a device type has no kernels, and how to get them."""
     if device_type == "cpu":

@@ -1,5 +1,7 @@
 """bfloat16 optimizer state (``state_dtype``) and stochastically rounded
-bfloat16 parameters (``stochastic_rounding``) on the for-loop and foreach paths.
+bfloat16 parameters (``stochastic_rounding``) on the for-loop, foreach and
+fused (CPU kernels) paths; test_rounding_kernels.py checks the kernels' bits
+against the foreach path's.
 
 Each step is checked against the float64 references of conftest.py, started
 from the stored values (so the rounding of earlier steps does not accumulate
@@ -31,7 +33,9 @@ RULES = {
 #: Fresh inputs each run; LOSSOPT_TEST_SEED repeats one (printed on failure by the asserts that use it).
 SEED = int(os.environ.get("LOSSOPT_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 STATE_KEYS = {"AdaLo": ("exp_avg",), "AdamL": ("exp_avg", "exp_avg_sq"), "AdaLoss": ("momentum_buffer",)}
-PATHS = {"forloop": dict(foreach=False), "foreach": dict(foreach=True)}
+HAS_CPU_KERNELS = bool(lossopt_cuda.build_info()["cpu_kernels"])
+PATHS = {"forloop": dict(foreach=False), "foreach": dict(foreach=True),
+         **({"fused": dict(fused=True)} if HAS_CPU_KERNELS else {})}
 SHAPES = [(7,), (13, 5), (3, 1, 11), ()]
 
 
@@ -149,8 +153,9 @@ def test_a_resumed_run_continues_bit_for_bit(name, path):
     saved = copy.deepcopy(opt.state_dict())
     assert saved["param_groups"][0]["rounding_seed"] == 99
     _run(name, path, None, 4, gen_seed=6, params=params, opt=opt)
-    # A fresh optimizer with another seed, on the other path, loads the checkpoint.
-    other = "foreach" if path == "forloop" else "forloop"
+    # A fresh optimizer with another seed, on the other path, loads the checkpoint
+    # (the fused path advances its scalars in float64: from fused to fused).
+    other = {"forloop": "foreach", "foreach": "forloop", "fused": "fused"}[path]
     cls, hp = RULES[name]
     fresh = [p.clone().requires_grad_() for p in saved_params]
     opt2 = cls(fresh, **hp, **PATHS[other], state_dtype=torch.bfloat16, stochastic_rounding=True, rounding_seed=7)
@@ -255,8 +260,17 @@ def test_bad_options_raise():
     for bad in (1.5, -(2**63) - 1, 2**64, True):
         with pytest.raises(ValueError, match="rounding_seed"):
             AdaLoss([p], rounding_seed=bad)
-    with pytest.raises(RuntimeError):  # not in the kernels yet
+
+
+
+def test_fused_true_refuses_rounding_where_the_kernels_do_not_round(monkeypatch):
+    """As on CUDA today: fused=True raises, fused=None takes the foreach path."""
+    monkeypatch.setattr(lossopt_cuda._kernels, "ROUNDING_DEVICES", ())
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="do not write bfloat16 state"):
         AdaLo([p], fused=True, state_dtype=torch.bfloat16)
+    opt = AdaLo([p], state_dtype=torch.bfloat16)
+    assert opt._choose_impl(p.device, p.dtype) is AdaLo._foreach
 
 
 def test_float64_parameters_refuse_a_state_dtype_before_changing_anything():
@@ -319,30 +333,34 @@ def test_state_bytes_per_parameter_as_the_readme_says(config):
         assert per_param(lambda ps: torch.optim.Adam(ps)) == want[4]
 
 
-@pytest.mark.skipif(not lossopt_cuda.build_info()["cpu_kernels"], reason="no CPU kernels in this install")
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no CPU kernels in this install")
 @pytest.mark.parametrize("name", RULES)
-def test_a_rounded_bucket_in_a_fused_group(name):
-    """float32 parameters take the kernels and the bfloat16 ones (rounded) the
-    foreach path in the same step, with the scalars of the compiled advance op:
-    the bfloat16 parameters, their state and the counter come out as on the
-    foreach path alone."""
+def test_a_tensor_the_kernels_cannot_walk_is_rounded_as_the_kernels_round_it(name, monkeypatch):
+    """In a fused group, a parameter whose gradient is laid out otherwise takes
+    the foreach path, with the scalars of the compiled advance op: its bits,
+    state and the counter come out as when the kernel steps it."""
     cls, hp = RULES[name]
+    host_steps = []
+    host_update = lossopt_cuda._fused.host_update
+    monkeypatch.setattr(lossopt_cuda._fused, "host_update", lambda *a: host_steps.append(a[2]) or host_update(*a))
     runs = []
-    for flags in ({}, {"foreach": True}):
+    for transposed_grad in (False, True):
         gen = torch.Generator().manual_seed(21)
         params = [torch.randn(33, generator=gen).requires_grad_(),
                   torch.randn(5, 7, generator=gen).to(torch.bfloat16).requires_grad_()]
-        opt = cls(params, **hp, **flags, stochastic_rounding=True, rounding_seed=4)
+        opt = cls(params, **hp, fused=True, state_dtype=torch.bfloat16, stochastic_rounding=True,
+                  rounding_seed=4)
         for k in range(4):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            if transposed_grad:  # same values, column-major: not walkable with the parameter
+                params[1].grad = params[1].grad.t().contiguous().t()
             opt.step(loss=torch.tensor(0.3 + k))
-        assert (opt._choose_impl(params[0].device, torch.float32) is cls._fused) == (flags == {})
         runs.append((params, opt))
-    (pa, oa), (pb, ob) = runs
-    assert torch.equal(pa[1], pb[1])
-    assert all(torch.equal(oa.state[pa[1]][k], ob.state[pb[1]][k]) for k in STATE_KEYS[name] if k in ob.state[pb[1]])
-    assert int(oa.state[pa[0]][STEP_KEY]) == int(ob.state[pb[0]][STEP_KEY]) == 4
+        assert len(host_steps) == (4 if transposed_grad else 0)  # the fallback ran, for that tensor alone
+    assert all(len(stepped) == 1 and stepped[0].dtype == torch.bfloat16 for stepped in host_steps)
+    assert _same(*runs)
+    assert int(runs[0][1].state[runs[0][0][0]][STEP_KEY]) == 4
 
 
 def test_the_bits_are_those_of_the_parameter_order_and_the_state_stream():

@@ -62,3 +62,24 @@ def test_compiled_step_matches_eager_and_compiles_once(name, path, dtype, gen):
             torch.testing.assert_close(compiled.state[p_c][key], value, **tol)
     # The bad loss was counted on the compiled run too.
     assert compiled.skipped_steps == eager.skipped_steps == 1
+
+
+@pytest.mark.skipif("fused" not in PATHS, reason="no CPU kernels in this install")
+@pytest.mark.parametrize("name", sorted(OPTS))
+def test_compiled_rounded_step_on_the_kernels_writes_eager_bits(name, gen):
+    """bfloat16 parameters and state, stochastically rounded by the CPU kernels
+    (opaque to inductor): compiled and eager write the same bits, compiling once."""
+    torch._dynamo.reset()
+    extra = dict(state_dtype=torch.bfloat16, stochastic_rounding=True, rounding_seed=11)
+    params = make_params(torch.bfloat16, int(torch.randint(1 << 30, (1,), generator=gen)), SHAPES)
+    grads = [make_grads(params, gen) for _ in range(6)]
+    losses = random_losses(gen, 6)
+    losses[3] = float("nan")
+    eager_params, compiled_params = clone_params(params), clone_params(params)
+    eager = _train(name, "fused", eager_params, grads, losses, lambda f: f, **extra)
+    compiled = _train(name, "fused", compiled_params, grads, losses, torch.compile, **extra)
+    for p_e, p_c in zip(eager_params, compiled_params):
+        assert torch.equal(p_e.view(torch.int16), p_c.view(torch.int16))
+        for key, value in eager.state[p_e].items():
+            assert torch.equal(compiled.state[p_c][key], value), key
+    assert int(eager.state[eager_params[0]]["rounding_step"]) == 5

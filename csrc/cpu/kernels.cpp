@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../rounding.h"
 #include "../rules/adalo.h"
 #include "../rules/adaloss.h"
 #include "../rules/adaml.h"
@@ -74,17 +75,129 @@ void run_chunk(T* p, const T* g, S* const* states, S* master, int64_t begin, int
   }
 }
 
+// Stochastic rounding (csrc/rounding.h): which storage a call writes rounded,
+// and the hash's inputs. ids[t] numbers tensor t in the optimizer's order.
+struct RoundingArgs {
+  bool params = false;  // bfloat16 parameters written stochastically
+  bool states = false;  // bfloat16 states
+  uint64_t seed = 0, step = 0;
+  const int64_t* ids = nullptr;
+};
+
+// A chunk's update with bfloat16 storage rounded stochastically: the states
+// (kStates) and/or the bfloat16 parameters (kParams) are read as bit patterns,
+// widened to float, stepped by the rule in float and written back with the
+// bits of (seed, step, tensor, stream, element); kMaster: the rule steps the
+// float32 master weights and the parameter is their copy rounded to nearest.
+// A plain loop over 16-bit patterns and 32-bit integers with no branch left
+// in it, which the compiler vectorises. The arithmetic is the for-loop and
+// foreach paths' own, operation for operation (no contraction into fused
+// multiply-adds: _compile_flags.py), so every path rounds the same floats.
+template <typename T, template <typename> class Rule, typename Args, bool kStates, bool kParams,
+          bool kMaster>
+void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int64_t begin,
+                       int64_t end, const float* scalars, const Args& args,
+                       const uint32_t* block) {
+  using rounding::bf16_stochastic;
+  using rounding::bf16_to_float;
+  using rounding::element_bits;
+  constexpr int K = Rule<float>::kStates;
+  constexpr bool kBF16 = std::is_same_v<T, at::BFloat16>;
+  const Rule<float> rule(scalars, args);
+  const float inv_scale = scalars[kInvGradScale];
+  uint16_t* p16 = reinterpret_cast<uint16_t*>(p);
+  const uint16_t* g16 = reinterpret_cast<const uint16_t*>(g);
+  uint16_t* s16[K > 0 ? K : 1];
+  float* s32[K > 0 ? K : 1];
+  for (int k = 0; k < K; ++k) {
+    s16[k] = static_cast<uint16_t*>(states[k]);
+    s32[k] = static_cast<float*>(states[k]);
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    const auto at = static_cast<uint64_t>(i);
+    float sp, sg;
+    if constexpr (kBF16) {  // as bit patterns, which the compiler vectorises
+      sp = kMaster ? master[i] : bf16_to_float(p16[i]);
+      sg = bf16_to_float(g16[i]) * inv_scale;
+    } else {
+      sp = kMaster ? master[i] : static_cast<float>(p[i]);
+      sg = static_cast<float>(g[i]) * inv_scale;
+    }
+    float ss[K > 0 ? K : 1];
+    for (int k = 0; k < K; ++k) ss[k] = kStates ? bf16_to_float(s16[k][i]) : s32[k][i];
+    rule(sp, sg, ss);
+    if constexpr (kMaster) master[i] = sp;
+    if constexpr (kParams) {
+      p16[i] = bf16_stochastic(sp, element_bits(block[0], at));
+    } else {
+      p[i] = static_cast<T>(sp);
+    }
+    for (int k = 0; k < K; ++k) {
+      if constexpr (kStates) {
+        s16[k][i] = bf16_stochastic(ss[k], element_bits(block[1 + k], at));
+      } else {
+        s32[k][i] = ss[k];
+      }
+    }
+  }
+}
+
+// run_chunk_rounded with what `how` rounds made compile-time, after the
+// hash's keys of the chunk: stream 0 is the parameter, 1 + k the k-th state;
+// one key per chunk and stream (a chunk lies within one block of 2^32 elements).
+template <typename T, template <typename> class Rule, typename Args>
+void round_chunk(T* p, const T* g, void* const* states, float* master, int64_t begin,
+                 int64_t end, const float* scalars, const Args& args, const RoundingArgs& how,
+                 size_t tensor) {
+  constexpr int K = Rule<float>::kStates;
+  uint32_t block[1 + (K > 0 ? K : 1)];
+  for (int k = 0; k <= K; ++k) {
+    const uint32_t key = rounding::tensor_key(how.seed, how.step,
+                                              static_cast<uint32_t>(how.ids[tensor]),
+                                              static_cast<uint32_t>(k));
+    block[k] = rounding::block_key(key, static_cast<uint64_t>(begin));
+  }
+  const auto run = [&](auto states_rounded, auto params_rounded, auto with_master) {
+    run_chunk_rounded<T, Rule, Args, decltype(states_rounded)::value,
+                      decltype(params_rounded)::value, decltype(with_master)::value>(
+        p, g, states, master, begin, end, scalars, args, block);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  // check_lists: only bfloat16 parameters are rounded, never with master weights.
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    if (how.params) {
+      if (how.states) return run(Yes{}, Yes{}, No{});
+      return run(No{}, Yes{}, No{});
+    }
+  }
+  if constexpr (!std::is_same_v<T, float>) {
+    if (master != nullptr) return run(Yes{}, No{}, Yes{});
+  }
+  run(Yes{}, No{}, No{});
+}
+
 template <template <typename> class Rule, typename Args>
 void apply(const char* op, at::TensorList params, at::TensorList grads,
            std::initializer_list<at::TensorList> state_lists, at::TensorList master,
-           const at::Tensor& scalars, int64_t n_scalars, const Args& args) {
-  check_lists(op, params, grads, state_lists, master, scalars, n_scalars);
+           const at::Tensor& scalars, int64_t n_scalars, const Args& args,
+           const Rounding& rounding_in) {
+  check_lists(op, params, grads, state_lists, master, scalars, n_scalars, &rounding_in);
   constexpr int K = Rule<float>::kStates;
   const std::vector<at::TensorList> states(state_lists);
   TORCH_CHECK(static_cast<int>(states.size()) == K, op, ": expected ", K, " state lists");
   const double* scalars64 = scalars.data_ptr<double>();
   // Nothing to step, or a bad loss or overflowed gradients: change nothing.
   if (params.empty() || scalars64[kValid] == 0.0) return;
+  RoundingArgs rounding;
+  if (rounding_in.step.has_value()) {
+    rounding.params = rounding_in.params;
+    rounding.states = K > 0 && states[0][0].scalar_type() == at::kBFloat16;
+    rounding.seed = static_cast<uint64_t>(rounding_in.seed);
+    rounding.step = static_cast<uint64_t>(*rounding_in.step->data_ptr<int64_t>());
+    rounding.ids = rounding_in.tensor_ids.data();
+  }
+  const bool rounds = rounding.params || rounding.states;
 
   std::vector<Chunk> chunks;
   for (size_t t = 0; t < params.size(); ++t) {
@@ -100,6 +213,17 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
     at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         const Chunk& ch = chunks[c];
+        if constexpr (std::is_same_v<S, float>) {
+          if (rounds) {
+            void* st[K > 0 ? K : 1];
+            for (int k = 0; k < K; ++k) st[k] = states[k][ch.tensor].data_ptr();
+            float* m = master.empty() ? nullptr : master[ch.tensor].data_ptr<float>();
+            round_chunk<scalar_t, Rule>(params[ch.tensor].data_ptr<scalar_t>(),
+                                        grads[ch.tensor].data_ptr<scalar_t>(), st, m, ch.begin,
+                                        ch.end, sc, args, rounding, ch.tensor);
+            continue;
+          }
+        }
         S* st[K > 0 ? K : 1];
         for (int k = 0; k < K; ++k) st[k] = states[k][ch.tensor].data_ptr<S>();
         S* m = master.empty() ? nullptr : master[ch.tensor].data_ptr<S>();
@@ -112,28 +236,36 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
 }
 
 void adalo(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-           at::TensorList master, const at::Tensor& scalars, double beta1, double weight_decay) {
+           at::TensorList master, const at::Tensor& scalars, double beta1, double weight_decay,
+           const std::optional<at::Tensor>& rounding_step, int64_t rounding_seed,
+           at::IntArrayRef tensor_ids, bool round_params) {
   apply<rules::AdaLo>("lossopt::adalo_", params, grads, {exp_avg}, master, scalars,
-                      rules::kAdaLoNumScalars, rules::AdaLoArgs{beta1, weight_decay});
+                      rules::kAdaLoNumScalars, rules::AdaLoArgs{beta1, weight_decay},
+                      Rounding{rounding_step, rounding_seed, tensor_ids, round_params});
 }
 
 void adaml(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
            at::TensorList exp_avg_sq, at::TensorList master, const at::Tensor& scalars,
-           double beta1, double beta2, double weight_decay) {
+           double beta1, double beta2, double weight_decay,
+           const std::optional<at::Tensor>& rounding_step, int64_t rounding_seed,
+           at::IntArrayRef tensor_ids, bool round_params) {
   apply<rules::AdamL>("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, master, scalars,
-                      rules::kAdamLNumScalars, rules::AdamLArgs{beta1, beta2, weight_decay});
+                      rules::kAdamLNumScalars, rules::AdamLArgs{beta1, beta2, weight_decay},
+                      Rounding{rounding_step, rounding_seed, tensor_ids, round_params});
 }
 
 void adaloss(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
              at::TensorList master, const at::Tensor& scalars, double momentum,
-             double weight_decay) {
+             double weight_decay, const std::optional<at::Tensor>& rounding_step,
+             int64_t rounding_seed, at::IntArrayRef tensor_ids, bool round_params) {
   const rules::AdaLossArgs args{momentum, weight_decay};
+  const Rounding rounding{rounding_step, rounding_seed, tensor_ids, round_params};
   if (momentum_buffer.empty()) {
     apply<rules::AdaLossPlain>("lossopt::adaloss_", params, grads, {}, master, scalars,
-                               rules::kAdaLossNumScalars, args);
+                               rules::kAdaLossNumScalars, args, rounding);
   } else {
     apply<rules::AdaLossMomentum>("lossopt::adaloss_", params, grads, {momentum_buffer}, master,
-                                  scalars, rules::kAdaLossNumScalars, args);
+                                  scalars, rules::kAdaLossNumScalars, args, rounding);
   }
 }
 

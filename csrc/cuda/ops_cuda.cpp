@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <optional>
 #include <stdexcept>
 
 #include "../advance_op.h"
@@ -16,6 +17,14 @@
 
 namespace lossopt::cuda {
 namespace {
+
+// The CUDA kernels do not round yet: the optimizers take the foreach path
+// for rounded buckets on CUDA (lossopt_cuda/_kernels.py, rounding_supported).
+void refuse_rounding(const char* op, const std::optional<at::Tensor>& rounding_step,
+                     at::IntArrayRef tensor_ids, bool round_params) {
+  TORCH_CHECK(!rounding_step.has_value() && tensor_ids.empty() && !round_params, op,
+              ": the CUDA kernels do not round stochastically yet");
+}
 
 TensorLists make_lists(const char* op, at::TensorList params, at::TensorList grads,
                        std::initializer_list<at::TensorList> states, at::TensorList master,
@@ -47,7 +56,9 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
 
 void adalo_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
                 at::TensorList master, const at::Tensor& scalars, double beta1,
-                double weight_decay) {
+                double weight_decay, const std::optional<at::Tensor>& rounding_step,
+                int64_t /*rounding_seed*/, at::IntArrayRef tensor_ids, bool round_params) {
+  refuse_rounding("lossopt::adalo_", rounding_step, tensor_ids, round_params);
   const c10::cuda::CUDAGuard guard(scalars.device());
   const auto lists = make_lists("lossopt::adalo_", params, grads, {exp_avg}, master, scalars,
                                 rules::kAdaLoNumScalars);
@@ -56,7 +67,10 @@ void adalo_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_
 
 void adaml_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
                 at::TensorList exp_avg_sq, at::TensorList master, const at::Tensor& scalars,
-                double beta1, double beta2, double weight_decay) {
+                double beta1, double beta2, double weight_decay,
+                const std::optional<at::Tensor>& rounding_step, int64_t /*rounding_seed*/,
+                at::IntArrayRef tensor_ids, bool round_params) {
+  refuse_rounding("lossopt::adaml_", rounding_step, tensor_ids, round_params);
   const c10::cuda::CUDAGuard guard(scalars.device());
   const auto lists = make_lists("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, master,
                                 scalars, rules::kAdamLNumScalars);
@@ -65,7 +79,9 @@ void adaml_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_
 
 void adaloss_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
                   at::TensorList master, const at::Tensor& scalars, double momentum,
-                  double weight_decay) {
+                  double weight_decay, const std::optional<at::Tensor>& rounding_step,
+                  int64_t /*rounding_seed*/, at::IntArrayRef tensor_ids, bool round_params) {
+  refuse_rounding("lossopt::adaloss_", rounding_step, tensor_ids, round_params);
   const c10::cuda::CUDAGuard guard(scalars.device());
   const bool with_momentum = !momentum_buffer.empty();
   const auto lists =

@@ -7,7 +7,10 @@
 // loss and the step count (AdamLGroup below), computed on the device before
 // the kernel runs.
 // Per element it computes (lr / bc1) * m / sqrt(w * (1 / bc2)): the same
-// value to within rounding, with one division instead of three.
+// value to within rounding, with one division instead of three. The for-loop
+// and foreach paths (lossopt_cuda/_reference.py) do the same float32
+// operations in the same order, so that all paths agree to the bit (what
+// stochastic rounding needs: the same value before it is rounded).
 #pragma once
 
 #include "common.h"
@@ -103,7 +106,7 @@ struct AdamL {
     V& m = state[0];
     V& w = state[1];
     m = beta1 * m + one_minus_beta1 * g;
-    w = beta2 * w + grad_sq_scale * g * g + eps_l;
+    w = beta2 * w + grad_sq_scale * (g * g) + eps_l;
     p = p * decay - step_size * m / vsqrt(w * inv_bc2);
   }
 };
