@@ -48,7 +48,6 @@ import torch  # noqa: E402
 from _system import commit_label, load_average  # noqa: E402
 from _workloads import plots, report  # noqa: E402
 from _workloads.finetune import run_finetune  # noqa: E402
-from _workloads.finetune import section as finetune_section  # noqa: E402
 from _workloads.models import n_params  # noqa: E402
 from _workloads.optimizers import BUILDERS  # noqa: E402
 from _workloads.study import run_task  # noqa: E402
@@ -114,8 +113,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
 def _write(out: Path, preset: Preset, seconds: float, results, figures, params, finetune,
            pending: List[str], load_before: Optional[float], commit: str) -> Path:
     """``report.md`` and ``results.json`` of the tasks finished so far."""
-    extra = finetune_section(finetune) if finetune is not None else []
-    path = report.write(results, figures, params, out, preset, seconds, commit, extra, pending,
+    path = report.write(results, figures, params, out, preset, seconds, commit, finetune, pending,
                         (load_before, load_average()))
     dump = {name: [r.to_json() for rs in res.runs.values() for r in rs] for name, res in results.items()}
     if finetune is not None:

@@ -59,6 +59,11 @@ def test_verdicts_are_stated_with_their_rule(smoke):
     for line in lines:
         assert line.split("**")[1] in ("holds", "does not hold", "a draw", "not decided")
         assert "Rule:" in line
+    # The table at the top has one row per verdict, with the same verdict.
+    text = (out / "report.md").read_text()
+    glance = text.split("## Verdicts at a glance", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in glance.splitlines() if r.startswith("| ") and "**" in r]
+    assert sorted(r.split("**")[1] for r in rows) == sorted(l.split("**")[1] for l in lines)
 
 
 def test_timing_is_side_by_side_for_every_optimizer(smoke):

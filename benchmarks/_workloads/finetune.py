@@ -138,24 +138,39 @@ def section(result: FinetuneResult) -> List[str]:
               "| --- | " + " | ".join("---" for _ in B0S) + " | --- |"]
     spreads = {}
     for method in METHODS:
-        cells, means = [], []
+        cells = []
         for b0 in B0S:
             values = [v for v in result.accuracy[(method, b0)] if math.isfinite(v)]
             if values:
-                m = statistics.fmean(values)
-                means.append(m)
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
+                cells.append(f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}")
             else:
-                means.append(math.nan)
                 cells.append("diverged")
-        finite = [m for m in means if math.isfinite(m)]
-        spreads[method] = (max(finite) - min(finite)) if len(finite) == len(means) else math.inf
+        spreads[method] = spread(result, method)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {100 * spreads[method]:.1f} |")
-    verdict = "holds" if spreads["AdaLoss"] <= ROBUST_SPREAD else "does not hold"
+    v = verdict(result)
     lines += ["", "Verdicts:", "",
-              f"- **{verdict}**: AdaLoss's final accuracy is robust to b0 (seed 002): spread "
-              f"{100 * spreads['AdaLoss']:.1f} points over b0 in {list(B0S)} (AdaGrad-Norm "
-              f"{100 * spreads['AdaGrad-Norm']:.1f}). Rule: the largest minus the smallest mean "
-              f"accuracy over b0 at most {100 * ROBUST_SPREAD:g} points; a diverged cell is unbounded.", ""]
+              f"- **{v['verdict']}**: {CLAIM} (AdaLoss): {v['numbers']}. Rule: {v['rule']}.", ""]
     return lines
+
+
+CLAIM = "AdaLoss's final accuracy is robust to b0 (seed 002)"
+
+
+def spread(result: FinetuneResult, method: str) -> float:
+    """The largest minus the smallest mean accuracy over b0; infinite if a cell diverged."""
+    means = []
+    for b0 in B0S:
+        values = [v for v in result.accuracy[(method, b0)] if math.isfinite(v)]
+        means.append(statistics.fmean(values) if values else math.nan)
+    finite = [m for m in means if math.isfinite(m)]
+    return (max(finite) - min(finite)) if len(finite) == len(means) else math.inf
+
+
+def verdict(result: FinetuneResult) -> Dict[str, str]:
+    """The b0-robustness verdict: {"verdict", "numbers", "rule"}, as verdicts.decide gives them."""
+    ours, theirs = spread(result, "AdaLoss"), spread(result, "AdaGrad-Norm")
+    return {"verdict": "holds" if ours <= ROBUST_SPREAD else "does not hold",
+            "numbers": f"spread {100 * ours:.1f} points over b0 in {list(B0S)} (AdaGrad-Norm {100 * theirs:.1f})",
+            "rule": f"the largest minus the smallest mean accuracy over b0 at most {100 * ROBUST_SPREAD:g} "
+                    "points; a diverged cell is unbounded"}

@@ -6,10 +6,11 @@ import math
 import platform
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import finetune as finetune_study
 from . import verdicts
 from .loop import Record
 from .study import TaskResult
@@ -56,22 +57,40 @@ def task_section(result: TaskResult, plot: str, n_parameters: int) -> List[str]:
         tried = "; ".join(f"{r.candidate.label}: {r.final:.4g}" for r in records)
         lines.append(f"- {name}: {tried}")
     lines += ["", f"![{task.name}]({plot})", "", "Verdicts:", ""]
-    found = False
-    for claim in verdicts.CLAIMS:
-        if task.name not in claim.tasks:
-            continue
-        v = verdicts.decide(claim, task, result.runs, result.timing)
-        if v is None:
-            continue
-        found = True
+    decided = task_verdicts(result)
+    for claim, v in decided:
         lines.append(f"- **{v['verdict']}**: {claim.text} ({claim.optimizer}): {v['numbers']}. Rule: {v['rule']}.")
-    if not found:
+    if not decided:
         lines.append("- no claim of the seeds concerns this task")
     return lines + [""]
 
 
+def task_verdicts(result: TaskResult) -> List[Tuple[verdicts.Claim, Dict[str, str]]]:
+    """Every claim of the seeds that concerns this task, with its verdict."""
+    out = []
+    for claim in verdicts.CLAIMS:
+        if result.task.name in claim.tasks:
+            v = verdicts.decide(claim, result.task, result.runs, result.timing)
+            if v is not None:
+                out.append((claim, v))
+    return out
+
+
+def glance(results: Dict[str, TaskResult], finetune=None) -> List[str]:
+    """One table of every verdict, task by task (the sections give the numbers' context)."""
+    lines = ["## Verdicts at a glance", "", "| task | claim | optimizer | verdict | numbers |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, result in results.items():
+        for claim, v in task_verdicts(result):
+            lines.append(f"| {name} | {claim.text} | {claim.optimizer} | **{v['verdict']}** | {v['numbers']} |")
+    if finetune is not None:
+        v = finetune_study.verdict(finetune)
+        lines.append(f"| finetune-docstrings | {finetune_study.CLAIM} | AdaLoss | **{v['verdict']}** | {v['numbers']} |")
+    return lines + [""]
+
+
 def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[str, int], out: Path,
-          preset, seconds: float, commit: str, extra: Sequence[str] = (), pending: Sequence[str] = (),
+          preset, seconds: float, commit: str, finetune=None, pending: Sequence[str] = (),
           loads: Sequence[Optional[float]] = (None, None)) -> Path:
     lines = [
         f"# Real workloads ({preset.name} run)",
@@ -96,9 +115,11 @@ def write(results: Dict[str, TaskResult], plots: Dict[str, str], params: Dict[st
     if preset.name != "full":
         lines += [f"**A {preset.name} run: too short for its verdicts to mean anything about the "
                   "claims; they are computed to show the rules at work. The full run decides.**", ""]
+    lines += glance(results, finetune)
     for name, result in results.items():
         lines += task_section(result, plots[name], params[name])
-    lines += list(extra)
+    if finetune is not None:
+        lines += finetune_study.section(finetune)
     lines += ["## Speech", "", "Not tested: no spoken data ships offline in an installed package here, "
               "and synthesized digits (espeak-ng) are not installed on these machines.", ""]
     path = out / "report.md"
