@@ -415,3 +415,53 @@ def test_a_skipped_step_keeps_even_nan_payloads():
     opt.step(loss=float("nan"))
     opt.step(loss=torch.tensor(float("nan")))
     assert torch.equal(opt.state[p]["exp_avg"].view(torch.int16), payload)
+
+
+@pytest.mark.filterwarnings("ignore:.*step\\(s\\) skipped:RuntimeWarning")
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", RULES)
+def test_an_overflow_under_gradscaler_changes_nothing_then_steps_as_without_it(name, path):
+    """GradScaler: an overflowed step leaves every bit (the counter included);
+    the next one, with a power-of-two scale, writes the bits of a run without a scaler."""
+    params, opt = _run(name, path, 3, 2)
+    twin_params, twin = copy.deepcopy((params, opt))  # one memo: the copy steps the copied parameters
+    snap = snapshot(opt, params)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    loss = torch.tensor(0.7)
+    scaler.scale(loss)  # the scaler's scale tensor, as after scaler.scale(loss).backward()
+    gen = torch.Generator().manual_seed(17)
+    grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g * 2.0**10
+    params[0].grad.view(-1)[0] = float("inf")
+    scaler.step(opt, loss=loss)
+    scaler.update()
+    assert_unchanged(opt, params, snap, "overflow")
+    assert scaler.get_scale() == 2.0**9
+    scaler.scale(loss)
+    for p, g in zip(params, grads):
+        p.grad = g * scaler.get_scale()
+    scaler.step(opt, loss=loss)
+    for p, g in zip(twin_params, grads):
+        p.grad = g.clone()
+    twin.step(loss=loss)
+    assert _same((params, opt), (twin_params, twin))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_deep_copy_and_a_pickled_checkpoint_continue_bit_for_bit(path):
+    import io
+
+    params, opt = _run("AdaLo", path, 8, 3)
+    buffer = io.BytesIO()
+    torch.save({"params": params, "opt": opt.state_dict()}, buffer)
+    clone_params, clone = copy.deepcopy((params, opt))
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    cls, hp = RULES["AdaLo"]
+    loaded_params = [p.detach().clone().requires_grad_() for p in saved["params"]]
+    loaded = cls(loaded_params, **hp, **PATHS[path], state_dtype=torch.bfloat16, stochastic_rounding=True)
+    loaded.load_state_dict(saved["opt"])
+    runs = [_run("AdaLo", path, None, 3, gen_seed=9, params=ps, opt=o)
+            for ps, o in ((params, opt), (clone_params, clone), (loaded_params, loaded))]
+    assert _same(runs[0], runs[1]) and _same(runs[0], runs[2])
