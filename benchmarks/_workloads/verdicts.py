@@ -115,7 +115,8 @@ def decide(claim: Claim, task, runs: Dict[str, List[Record]],
         a = steps_to_target(mine, goal, task.higher_better)
         b = steps_to_target(theirs, goal, task.higher_better)
         rule = (f"median steps to {task.metric} {goal:.4g} ({TARGET_FRACTION:.0%} of the way from the "
-                f"start to {ref}'s final); holds at a ratio <= {claim.factor:g}")
+                f"start to {ref}'s final); holds at a ratio "
+                + ("below 1 (strictly fewer steps)" if claim.factor >= 1 else f"<= {claim.factor:g}"))
         if math.isinf(a):
             return {"verdict": "does not hold", "numbers": f"{claim.optimizer} never reached it", "rule": rule}
         ratio = a / b
