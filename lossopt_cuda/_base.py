@@ -332,12 +332,13 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
     def _choose_impl(self, device: torch.device, dtype: torch.dtype, kernels: bool = True) -> UpdateFn:
         """The update function for a bucket; ``kernels=False`` when the group's
         scalars are not on the device (see ``_advances_on_device``)."""
-        # Rounded buckets: the kernels where they round, else foreach.
-        unrounded = not any(self._rounds(dtype)) or _kernels.rounding_supported(device)
-        if kernels and unrounded and self._wants_kernels() and _kernels.fused_supported(device, dtype):
+        # Whether the kernels can write this bucket's storage: rounded buckets
+        # take them only where they round, else foreach.
+        storage_fits = not any(self._rounds(dtype)) or _kernels.rounding_supported(device)
+        if kernels and storage_fits and self._wants_kernels() and _kernels.fused_supported(device, dtype):
             return type(self)._fused
         name = type(self).__name__
-        if self.fused and not unrounded:
+        if self.fused and not storage_fits:
             raise RuntimeError(
                 f"{name}(fused=True): the compiled kernels on {device.type} do not write bfloat16 state or "
                 "stochastically rounded parameters yet; use fused=None, which takes the foreach path for them"
@@ -348,7 +349,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
                 f"{name}(fused=True): no compiled kernel for {dtype} parameters on {device}{why}; "
                 "use fused=None to fall back to foreach"
             )
-        if self._wants_kernels() and unrounded and not _kernels.kernels_on(device.type):
+        if self._wants_kernels() and storage_fits and not _kernels.kernels_on(device.type):
             _kernels.warn_fallback(device.type, name)
         return type(self)._forloop if self.foreach is False else type(self)._foreach
 
@@ -402,7 +403,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
                 update(params, grads, scalars=local_vector, master=master, rounding=rounding, **states, **args)
-            else:  # a bucket without kernels (float64 on CUDA, bfloat16 state) in a fused group
+            else:  # a bucket without kernels (float64 on CUDA, rounding on CUDA) in a fused group
                 _fused.host_update(update, self._scalar_names, params, master, grads, states,
                                    local_vector, args, rounding)
         self._count_rounded_step(group, buckets, vector)
