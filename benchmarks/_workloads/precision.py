@@ -209,7 +209,7 @@ def section(result: PrecisionResult, plot: str, n_parameters: int) -> List[str]:
         lines.append(f"- **{v['reaches']}**: {v['rule']} with bfloat16 parameters and state, stochastically "
                      f"rounded, reaches the loss of float32 master weights and state; **{v['beats']}**: it "
                      f"beats round to nearest. {v['numbers']}.")
-    lines += ["", f"Rules: {RULE_TEXT}. Seconds: wall-clock of the whole run on the CPU; the "
-              "rounded runs take the foreach path (the kernels do not round yet), so they say nothing "
-              "about the kernels' speed.", ""]
+    lines += ["", f"Rules: {RULE_TEXT}. Seconds: wall-clock of the whole run on the CPU, forward "
+              "and backward included (the optimizers take their default path: the CPU kernels, which "
+              "round since 2026-12-06); benchmarks/step_time.py times the steps themselves.", ""]
     return lines
