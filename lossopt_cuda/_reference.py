@@ -117,10 +117,10 @@ def update_params(
         if master is not None:
             _commit(params[i], master[i].to(params[i].dtype), valid)
         elif rounding.params:
-            rounding.write(params[i], target[0], i, 0, valid)
+            rounding.write(params[i], target[0], i, len(states), valid)
         if rounding.states:
             for k, key in enumerate(states):
-                rounding.write(states[key][i], wide[key][0], i, 1 + k, valid)
+                rounding.write(states[key][i], wide[key][0], i, k, valid)
 
 
 # --------------------------------------------------------------------------- AdaLo

@@ -1,7 +1,7 @@
 """Stochastic rounding to bfloat16 in torch integer ops: the twin of csrc/rounding.h.
 
-The random bits are a counter-based hash of (seed, step, tensor, stream,
-element), computed with the same 32-bit arithmetic as the kernels, so that the
+The random bits are a counter-based hash of (seed, step, tensor, stream pair,
+element), two 16-bit streams to a hash, computed with the same 32-bit arithmetic as the kernels, so that the
 for-loop and foreach paths write the very bits the CPU and CUDA kernels write.
 The arithmetic runs on int64 tensors holding unsigned 32-bit values; every
 product is split so that it stays below 2^63 (torch's int64 overflow is
@@ -59,16 +59,16 @@ def _words(value: IntLike):
     return value & MASK32, value >> 32
 
 
-def tensor_key(seed: IntLike, step: IntLike, tensor: int, stream: int,
+def tensor_key(seed: IntLike, step: IntLike, tensor: int, pair: int,
                device: Union[str, torch.device] = "cpu") -> Tensor:
-    """The 0-d int64 key of one tensor written at one step (csrc/rounding.h).
+    """The 0-d int64 key of one tensor's stream pair at one step (csrc/rounding.h).
 
     ``seed`` and ``step`` are read as unsigned 64-bit (an int64's bit pattern);
-    ``tensor`` and ``stream`` as unsigned 32-bit. What is a Python int is
+    ``tensor`` and ``pair`` as unsigned 32-bit. What is a Python int is
     hashed on the host, so that a device ``step`` makes no host-to-device copy
     (none is allowed while a CUDA graph is captured)."""
     h: IntLike = KEY_INIT
-    for word in (*_words(seed), *_words(step), tensor & MASK32, stream & MASK32):
+    for word in (*_words(seed), *_words(step), tensor & MASK32, pair & MASK32):
         h = mix32(h ^ word)
     if isinstance(h, Tensor):
         return h
@@ -88,9 +88,21 @@ def element_offsets(t: Tensor) -> Tensor:
 
 
 def element_bits(key: Tensor, offsets: Tensor) -> Tensor:
-    """The 32 random bits of each element (int64 in [0, 2^32))."""
+    """The 32 random bits of each element for a stream pair (int64 in [0, 2^32))."""
     block = mix32(key ^ ((offsets >> 32) & MASK32))
     return mix32(block ^ (offsets & MASK32))
+
+
+def stream_pair(stream: int) -> int:
+    """The pair of streams that shares a hash: streams 2j and 2j + 1 form pair j."""
+    return stream >> 1
+
+
+def stream_bits(bits: Tensor, stream: int) -> Tensor:
+    """A stream's 16 random bits as the high half of a 32-bit word (what
+    ``bf16_stochastic`` reads): the even stream of a pair takes the high half
+    of the pair's ``element_bits``, the odd one the low half."""
+    return ((bits << 16) & MASK32) if stream & 1 else bits & 0xFFFF0000
 
 
 def bf16_stochastic(x: Tensor, bits: Tensor) -> Tensor:
@@ -113,17 +125,19 @@ CHUNK = 1 << 22
 def round_bf16(x: Tensor, seed: IntLike, step: IntLike, tensor: int, stream: int) -> Tensor:
     """``x`` (float32, any layout) stochastically rounded to bfloat16 with the
     bits of (seed, step, tensor, stream): what the kernels write for it. The
-    result has ``x``'s shape; its elements are numbered by ``x``'s strides."""
-    key = tensor_key(seed, step, tensor, stream, x.device)
+    result has ``x``'s shape; its elements are numbered by ``x``'s strides.
+    Stream k is a parameter's k-th state, stream K (its number of states) the
+    parameter itself."""
+    key = tensor_key(seed, step, tensor, stream_pair(stream), x.device)
     if not x.is_contiguous():
-        bits = element_bits(key, element_offsets(x))
+        bits = stream_bits(element_bits(key, element_offsets(x)), stream)
         return bf16_stochastic(x.contiguous(), bits.contiguous()).view(x.shape)
     flat = x.reshape(-1)
     out = torch.empty(flat.shape, dtype=torch.bfloat16, device=x.device)
     for start in range(0, flat.numel(), CHUNK):
         end = min(start + CHUNK, flat.numel())
         offsets = torch.arange(start, end, dtype=torch.int64, device=x.device)
-        out[start:end] = bf16_stochastic(flat[start:end], element_bits(key, offsets))
+        out[start:end] = bf16_stochastic(flat[start:end], stream_bits(element_bits(key, offsets), stream))
     return out.view(x.shape)
 
 
@@ -139,8 +153,8 @@ class Rounding:
 
     ``step`` is the group's counter of valid steps (a 0-d int64 tensor on the
     bucket's device, see ``LossDrivenOptimizer._rounding``); ``tensor_ids`` number the bucket's
-    parameters in the optimizer's order (``state_dict()``'s). Stream 0 is the
-    parameter, 1 + k the k-th state."""
+    parameters in the optimizer's order (``state_dict()``'s). Stream k is the
+    k-th state, stream K (the number of states) the parameter."""
 
     seed: int
     step: Tensor

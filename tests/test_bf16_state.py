@@ -366,7 +366,8 @@ def test_a_tensor_the_kernels_cannot_walk_is_rounded_as_the_kernels_round_it(nam
 def test_the_bits_are_those_of_the_parameter_order_and_the_state_stream():
     """Written bits checked against _rounding.round_bf16 with ids spelled out:
     the tensor is the parameter's index in state_dict() order (across groups),
-    the stream 1 + the state's position, the step the count of earlier valid steps."""
+    the stream the state's position (the parameter's is the number of states),
+    the step the count of earlier valid steps."""
     from lossopt_cuda._rounding import round_bf16
 
     gen = torch.Generator().manual_seed(SEED)
@@ -380,7 +381,7 @@ def test_the_bits_are_those_of_the_parameter_order_and_the_state_stream():
     opt.step(loss=1.0)
     for index, p in enumerate(flat):
         c1 = torch.tensor(1 - opt.param_groups[0 if index < 2 else 1]["betas"][0], dtype=torch.float32)
-        want = round_bf16(p.grad * c1, SEED, 0, index, 1)  # the first m: (g - 0) * (1 - beta1) + 0
+        want = round_bf16(p.grad * c1, SEED, 0, index, 0)  # the first m: (g - 0) * (1 - beta1) + 0
         assert torch.equal(opt.state[p]["exp_avg"], want), f"parameter {index}, LOSSOPT_TEST_SEED={SEED}"
 
 

@@ -39,14 +39,18 @@ def mix32_py(x: int) -> int:
 
 
 def key_py(seed: int, step: int, tensor: int, stream: int) -> int:
+    """The key of the stream's pair: streams 2j and 2j + 1 share pair j's hash."""
     h = 0x243F6A88
-    for w in (seed & M32, seed >> 32, step & M32, step >> 32, tensor, stream):
+    for w in (seed & M32, seed >> 32, step & M32, step >> 32, tensor, stream // 2):
         h = mix32_py(h ^ w)
     return h
 
 
-def bits_py(key: int, index: int) -> int:
-    return mix32_py(mix32_py(key ^ (index >> 32)) ^ (index & M32))
+def bits_py(key: int, index: int, stream: int) -> int:
+    """The stream's 16 bits, as a word's high half: the pair's hash's high half
+    for the even stream, its low half for the odd one."""
+    h = mix32_py(mix32_py(key ^ (index >> 32)) ^ (index & M32))
+    return (h << 16) & M32 if stream % 2 else h & 0xFFFF0000
 
 
 def bf16_py(x_bits: int, r: int) -> int:
@@ -102,7 +106,7 @@ def test_cpp_and_torch_and_oracle_agree_bit_for_bit(cpp_vectors):
     for _ in range(6):  # a few tensors, each with many elements
         seed = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))  # the full 64 bits
         step = [0, 1, int(rng.integers(2, 2**40)), 2**64 - 1][int(rng.integers(0, 4))]
-        tensor, stream = int(rng.integers(0, 2**32)), int(rng.integers(0, 4))
+        tensor, stream = int(rng.integers(0, 2**32)), int(rng.integers(0, 5))
         index = np.concatenate([np.arange(40), rng.integers(0, 2**40, 60), [2**32 - 1, 2**32, 2**33 + 7]])
         xbits = np.concatenate([_special_floats(), rng.integers(0, 2**32, len(index) - len(_special_floats()))])
         cases.append((seed, step, tensor, stream, index.astype(np.uint64), xbits.astype(np.uint64)))
@@ -111,15 +115,16 @@ def test_cpp_and_torch_and_oracle_agree_bit_for_bit(cpp_vectors):
     assert len(cpp) == len(rows)
     at = 0
     for seed, step, tensor, stream, index, xbits in cases:
-        key = R.tensor_key(_signed64(seed), _signed64(step), tensor, stream)
+        key = R.tensor_key(_signed64(seed), _signed64(step), tensor, R.stream_pair(stream))
         assert int(key) == key_py(seed, step, tensor, stream)
         offsets = torch.tensor(index.astype(np.int64))
-        bits = R.element_bits(key, offsets)
+        bits = R.stream_bits(R.element_bits(key, offsets), stream)
         x = torch.tensor(xbits.astype(np.uint32).view(np.int32)).view(torch.float32)
         out = R.bf16_stochastic(x, bits).view(torch.int16).to(torch.int64) & 0xFFFF
         for j in range(len(index)):
-            want = (key_py(seed, step, tensor, stream), bits_py(key_py(seed, step, tensor, stream), int(index[j])),
-                    bf16_py(int(xbits[j]), bits_py(key_py(seed, step, tensor, stream), int(index[j]))))
+            key_j = key_py(seed, step, tensor, stream)
+            bits_j = bits_py(key_j, int(index[j]), stream)
+            want = (key_j, bits_j, bf16_py(int(xbits[j]), bits_j))
             got_torch = (int(key), int(bits[j]), int(out[j]))
             assert cpp[at + j] == want == got_torch, (seed, step, tensor, stream, int(index[j]), hex(int(xbits[j])))
         at += len(index)
@@ -183,7 +188,7 @@ def test_offsets_follow_memory_order():
 def test_bits_differ_across_steps_tensors_and_streams():
     x = torch.full((4096,), 1.0 + 2 ** -9, dtype=torch.float32)  # rounds up with probability 1/4
     outs = [R.round_bf16(x, SEED, step, tensor, stream)
-            for step, tensor, stream in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1))]
+            for step, tensor, stream in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 2), (0, 0, 3))]
     for i in range(len(outs)):
         for j in range(i):
             assert not torch.equal(outs[i], outs[j])
@@ -195,3 +200,23 @@ def test_same_bits_on_cuda():
     x = torch.randn(10007, dtype=torch.float32)
     step = torch.tensor(12, device="cuda")
     assert torch.equal(R.round_bf16(x.cuda(), SEED, step, 3, 1).cpu(), R.round_bf16(x, SEED, 12, 3, 1))
+
+
+def test_the_streams_of_a_pair_are_uncorrelated():
+    """Streams 2j and 2j + 1 take the two halves of one hash: their 16-bit
+    values must look independent. The sample correlation of n independent
+    uniform pairs has a standard deviation of 1/sqrt(n); the bound is 6 of
+    those. Also for the streams of neighbouring elements and pairs."""
+    n = 1 << 16
+    offsets = torch.arange(n, dtype=torch.int64) + int(_rng(5).integers(0, 2**40))
+    streams = []
+    for stream in range(4):
+        key = R.tensor_key(SEED, 9, 11, R.stream_pair(stream))
+        streams.append((R.stream_bits(R.element_bits(key, offsets), stream) >> 16).double())
+    pairs = [(streams[0], streams[1]), (streams[2], streams[3]), (streams[1], streams[2]),
+             (streams[0][1:], streams[0][:-1]), (streams[1][1:], streams[0][:-1])]
+    for a, b in pairs:
+        r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+        assert abs(r) <= 6 / np.sqrt(a.numel()), r
+    for u in streams:  # and each stream uniform over 16 bits: mean (2^16 - 1) / 2
+        assert abs(float(u.mean()) / (2**16 - 1) - 0.5) <= 6 * np.sqrt(1 / 12 / n)

@@ -87,7 +87,9 @@ struct RoundingArgs {
 // A chunk's update with bfloat16 storage rounded stochastically: the states
 // (kStates) and/or the bfloat16 parameters (kParams) are read as bit patterns,
 // widened to float, stepped by the rule in float and written back with the
-// bits of (seed, step, tensor, stream, element); kMaster: the rule steps the
+// bits of (seed, step, tensor, stream, element); block[j] is the chunk's key
+// of stream pair j (csrc/rounding.h: stream k the k-th state, K the
+// parameter; a pair shares one hash per element); kMaster: the rule steps the
 // float32 master weights and the parameter is their copy rounded to nearest.
 // A plain loop over 16-bit patterns and 32-bit integers with no branch left
 // in it, which the compiler vectorises. The arithmetic is the for-loop and
@@ -100,8 +102,13 @@ void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int
                        const uint32_t* block) {
   using rounding::bf16_stochastic;
   using rounding::bf16_to_float;
-  using rounding::element_bits;
   constexpr int K = Rule<float>::kStates;
+  // The stream's random bits of element `at`. Two streams of a pair make the
+  // same element_bits call, which the compiler computes once.
+  const auto bits = [block](int stream, uint64_t at) {
+    return rounding::stream_bits(rounding::element_bits(block[rounding::stream_pair(stream)], at),
+                                 static_cast<uint32_t>(stream));
+  };
   constexpr bool kBF16 = std::is_same_v<T, at::BFloat16>;
   const Rule<float> rule(scalars, args);
   const float inv_scale = scalars[kInvGradScale];
@@ -128,13 +135,13 @@ void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int
     rule(sp, sg, ss);
     if constexpr (kMaster) master[i] = sp;
     if constexpr (kParams) {
-      p16[i] = bf16_stochastic(sp, element_bits(block[0], at));
+      p16[i] = bf16_stochastic(sp, bits(K, at));
     } else {
       p[i] = static_cast<T>(sp);
     }
     for (int k = 0; k < K; ++k) {
       if constexpr (kStates) {
-        s16[k][i] = bf16_stochastic(ss[k], element_bits(block[1 + k], at));
+        s16[k][i] = bf16_stochastic(ss[k], bits(k, at));
       } else {
         s32[k][i] = ss[k];
       }
@@ -143,19 +150,21 @@ void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int
 }
 
 // run_chunk_rounded with what `how` rounds made compile-time, after the
-// hash's keys of the chunk: stream 0 is the parameter, 1 + k the k-th state;
-// one key per chunk and stream (a chunk lies within one block of 2^32 elements).
+// hash's keys of the chunk: one per stream pair (states and parameter, K + 1
+// streams), computed once per chunk (a chunk lies within one block of 2^32
+// elements).
 template <typename T, template <typename> class Rule, typename Args>
 void round_chunk(T* p, const T* g, void* const* states, float* master, int64_t begin,
                  int64_t end, const float* scalars, const Args& args, const RoundingArgs& how,
                  size_t tensor) {
   constexpr int K = Rule<float>::kStates;
-  uint32_t block[1 + (K > 0 ? K : 1)];
-  for (int k = 0; k <= K; ++k) {
+  constexpr int kPairs = K / 2 + 1;  // streams 0..K
+  uint32_t block[kPairs];
+  for (int j = 0; j < kPairs; ++j) {
     const uint32_t key = rounding::tensor_key(how.seed, how.step,
                                               static_cast<uint32_t>(how.ids[tensor]),
-                                              static_cast<uint32_t>(k));
-    block[k] = rounding::block_key(key, static_cast<uint64_t>(begin));
+                                              static_cast<uint32_t>(j));
+    block[j] = rounding::block_key(key, static_cast<uint64_t>(begin));
   }
   const auto run = [&](auto states_rounded, auto params_rounded, auto with_master) {
     run_chunk_rounded<T, Rule, Args, decltype(states_rounded)::value,
