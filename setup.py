@@ -131,7 +131,7 @@ def extensions():
         ["csrc/ops.cpp", "csrc/cpu/advance.cpp", "csrc/cuda/ops_cuda.cpp",
          "csrc/cuda/kernels.cu", "csrc/cuda/advance.cu"],
         define_macros=[("LOSSOPT_WITH_CUDA", None), ("LOSSOPT_CUDA_ARCHS", f'"{",".join(arch_names)}"')],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": list(flags_of.NVCC_FLAGS)},
     )
     return [ext] + cpu_exts, (f"CPU kernels ({isas}) and CUDA kernels (CUDA {torch.version.cuda}, "
                               f"archs {archs}, toolkit {cuda_home})")

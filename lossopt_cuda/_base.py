@@ -403,7 +403,7 @@ class LossDrivenOptimizer(CheckpointMixin, Optimizer):
             params, grads, states, master = self._bucket_tensors(params, keys, dtype)
             if update is type(self)._fused:
                 update(params, grads, scalars=local_vector, master=master, rounding=rounding, **states, **args)
-            else:  # a bucket without kernels (float64 on CUDA, rounding on CUDA) in a fused group
+            else:  # a bucket without kernels (float64 on CUDA) in a fused group
                 _fused.host_update(update, self._scalar_names, params, master, grads, states,
                                    local_vector, args, rounding)
         self._count_rounded_step(group, buckets, vector)

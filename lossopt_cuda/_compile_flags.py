@@ -18,6 +18,12 @@ from typing import List, Tuple
 #: values (and stochastic rounding writes the same bfloat16 bits).
 CXX_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 
+#: The same for the CUDA kernels, built by nvcc at install (setup.py) or by
+#: NVRTC on first use (lossopt_cuda._nvrtc, which is -O3 by default): no
+#: multiply-add contraction. Division and square root are IEEE by default.
+NVCC_FLAGS = ["-O3", "--fmad=false"]
+NVRTC_FLAGS = ["--fmad=false"]
+
 #: The CPU kernels' source (csrc/cpu/kernels.cpp), compiled once per instruction
 #: set with the flags ATen uses for its own kernels of that set.
 _ISA_FLAGS = {

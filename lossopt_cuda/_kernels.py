@@ -267,7 +267,7 @@ def fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
 
 #: Devices whose kernels write bfloat16 state and stochastically rounded
 #: parameters (csrc/rounding.h); elsewhere rounded buckets take the foreach path.
-ROUNDING_DEVICES = ("cpu",)
+ROUNDING_DEVICES = ("cpu", "cuda")
 
 
 def rounding_supported(device: torch.device) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from . import _cache, _jit
+from . import _cache, _compile_flags, _jit
 
 BuildError = _cache.BuildError
 DEVICE_SOURCE = "cuda/nvrtc_kernels.cu"
@@ -160,9 +160,10 @@ class Nvrtc:
 
 
 def options(toolkit: CudaToolkit, src: Path, arch: str) -> List[str]:
-    """NVRTC's options: -O3 is its default, as nvcc's -O3 in setup.py."""
-    return [f"--gpu-architecture={arch_name(arch)}", "-std=c++17", f"-I{toolkit.include_dir}",
-            f"-I{src / 'cuda'}"]
+    """NVRTC's options: -O3 is its default, as nvcc's -O3 in setup.py; no
+    multiply-add contraction, as there (_compile_flags)."""
+    return [f"--gpu-architecture={arch_name(arch)}", "-std=c++17", *_compile_flags.NVRTC_FLAGS,
+            f"-I{toolkit.include_dir}", f"-I{src / 'cuda'}"]
 
 
 def compile_cubins(toolkit: CudaToolkit, archs: Iterable[str], build: bool = True) -> Dict[str, Path]:

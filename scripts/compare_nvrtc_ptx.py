@@ -5,7 +5,7 @@ Compiles csrc/cuda/nvrtc_kernels.cu with NVRTC (lossopt_cuda._nvrtc: from
 torch's CUDA wheels, no GPU needed) and csrc/cuda/kernels.cu and advance.cu
 with nvcc, both to PTX for one architecture, then pairs each NVRTC kernel
 with the nvcc kernel its name in kernel_list.h stands for (rule, parameter
-type, master weights) and compares their PTX bodies, with the kernels' names
+type, master weights, rounded parameters, bfloat16 states) and compares their PTX bodies, with the kernels' names
 and the numbering of branch labels normalised.
 
     python scripts/compare_nvrtc_ptx.py [--arch 90]
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from compare_kernel_ptx import ENTRY, demangle
 
-from lossopt_cuda import _nvrtc
+from lossopt_cuda import _compile_flags, _nvrtc
 
 REPO = Path(__file__).resolve().parent.parent
 TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}
@@ -47,11 +47,11 @@ def nvcc_twin(name: str) -> str:
     short = name.removeprefix("lossopt_")
     if short.startswith("advance_"):
         return f"advance_kernel<lossopt::rules::{GROUPS[short.removeprefix('advance_')]}>"
-    m = re.fullmatch(r"(\w+?)_(f32|f16|bf16)(_master)?", short)
-    rule, dtype, master = m.group(1), m.group(2), bool(m.group(3))
+    m = re.fullmatch(r"(\w+?)_(f32|f16|bf16)(_master)?(_sr)?(_s16)?", short)
+    rule, dtype, master, rounded, s16 = m.group(1), m.group(2), bool(m.group(3)), bool(m.group(4)), bool(m.group(5))
     spelled, args = RULES[rule]
     return (f"RuleFunctor<{TYPES[dtype]}, lossopt::rules::{spelled}, lossopt::rules::{args}, "
-            f"{'true' if master else 'false'}>")
+            f"{str(master).lower()}, {'unsigned short' if s16 else 'float'}, {str(rounded).lower()}>")
 
 
 def main() -> int:
@@ -60,8 +60,8 @@ def main() -> int:
     args = ap.parse_args()
     src = REPO / "csrc"
     toolkit = _nvrtc.find_toolkit()
-    options = [f"--gpu-architecture=compute_{args.arch}", "-std=c++17", f"-I{toolkit.include_dir}",
-               f"-I{src / 'cuda'}"]
+    options = [f"--gpu-architecture=compute_{args.arch}", "-std=c++17", *_compile_flags.NVRTC_FLAGS,
+               f"-I{toolkit.include_dir}", f"-I{src / 'cuda'}"]
     device = src / _nvrtc.DEVICE_SOURCE
     ptx, log = _nvrtc.Nvrtc(toolkit).compile(device.read_text(), str(device), options, output="PTX")
     if ptx is None:
@@ -72,7 +72,7 @@ def main() -> int:
     built = {}
     for cu in ("kernels.cu", "advance.cu"):
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch=sm_{args.arch}", str(src / "cuda" / cu),
+            subprocess.run([nvcc, "-std=c++17", *_compile_flags.NVCC_FLAGS, f"-arch=sm_{args.arch}", str(src / "cuda" / cu),
                             "-ptx", "-o", f"{tmp}/k.ptx"], check=True)
             entries = ENTRY.findall(Path(tmp, "k.ptx").read_text())
         for (name, body), pretty in zip(entries, demangle([n for n, _ in entries])):

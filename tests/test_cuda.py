@@ -597,10 +597,11 @@ def test_bad_loss_changes_nothing(cfg, bad, form, dtype):
 # ----------------------------------------------------------------------------- CUDA graphs
 
 
-def _graph_vs_eager(cfg, dtype, lr_values=None):
+def _graph_vs_eager(cfg, dtype, lr_values=None, opts=None):
     """Capture opt.step(loss=static_loss) in a CUDA graph and replay it; an
     eager optimizer takes the same steps. Replay 3 has a NaN loss and NaN grads.
-    lr_values: per-step values of a tensor lr (changed in place between replays)."""
+    lr_values: per-step values of a tensor lr (changed in place between replays).
+    opts: more constructor arguments of both (then they must agree to the bit)."""
     cls, hp = CONFIGS[cfg]
     hp = dict(hp)
     gen = torch.Generator().manual_seed(_seed("graph", cfg, dtype, lr_values is not None))
@@ -614,8 +615,11 @@ def _graph_vs_eager(cfg, dtype, lr_values=None):
     if lr_values is not None:
         hp_g["lr"] = torch.tensor(lr_values[0], device=DEVICE)
         hp_e["lr"] = torch.tensor(lr_values[0], device=DEVICE)
-    opt = cls(case.params, fused=True, **hp_g)
-    eager = cls(eager_params, fused=True, **hp_e)
+    opts = dict(opts or {})
+    if opts.get("state_dtype") is not None or opts.get("stochastic_rounding"):
+        opts.setdefault("rounding_seed", _seed("graph seed", cfg))
+    opt = cls(case.params, fused=True, **hp_g, **opts)
+    eager = cls(eager_params, fused=True, **hp_e, **opts)
 
     static_grads = case.grad_buffers()
     eager_grads = case.grad_buffers()
@@ -675,6 +679,8 @@ def _graph_vs_eager(cfg, dtype, lr_values=None):
     for key in sa:
         torch.testing.assert_close(sa[key], sb[key], rtol=1e-6, atol=1e-7,
                                    msg=lambda m: f"{msg}: state {key}\n{m}")
+    if opts:
+        _assert_bitwise(case.params, eager_params, opt, eager, msg)
     assert opt.skipped_steps == 1
     assert eager.skipped_steps == 1
     if cls is AdamL:  # the step count advanced inside the graph, except on the NaN replay
@@ -1097,3 +1103,124 @@ def test_master_weights_in_the_kernel(cfg, dtype):
         torch.testing.assert_close(master.double().cpu(), r.detach(), rtol=1e-5, atol=1e-5,
                                    msg=f"{cfg} {dtype} master {i}")
         assert torch.equal(p.detach(), master.to(dtype)), f"{cfg} {dtype}: param {i} is not its rounded master"
+
+
+# ----------------------------------------------------------------------------- stochastic rounding
+
+#: (parameter dtype, state_dtype, stochastic_rounding, master_weights)
+ROUNDED = {
+    "bf16-params-and-state": (BF16, BF16, True, False),
+    "bf16-params-f32-state": (BF16, None, True, False),
+    "f32-params-bf16-state": (F32, BF16, False, False),
+    "f16-master-bf16-state": (F16, BF16, False, True),
+    "bf16-bf16-state": (BF16, BF16, False, False),
+}
+#: A 0-d tensor, odd sizes, and two over the kernels' 2^16-element chunk.
+ROUNDED_SHAPES = [(), (7,), (13, 5), (65_536 + 3,), (3, 43_691)]
+
+
+def _placed(values, device, misaligned):
+    """``values`` on ``device``, one element past an aligned address where
+    ``misaligned`` (the kernels' scalar path), else at its own allocation."""
+    if not misaligned:
+        return values.to(device)
+    backing = torch.empty(values.numel() + 1, dtype=values.dtype, device=device)
+    out = backing[1:].view(values.shape)
+    out.copy_(values)
+    return out
+
+
+def _bits(t):
+    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+
+def _rounded_trajectory(cfg, config, path, steps=3):
+    """Parameters and state after ``steps`` rounded steps on CUDA from fixed
+    inputs, on the fused path (kernels) or the foreach path."""
+    cls, hp = CONFIGS[cfg]
+    pdtype, sdtype, rounded, master = ROUNDED[config]
+    gen = torch.Generator().manual_seed(_seed("rounded", cfg, config))
+    params = [_placed(torch.randn(s, generator=gen).to(pdtype), DEVICE, i % 2 == 1).requires_grad_()
+              for i, s in enumerate(ROUNDED_SHAPES)]
+    losses = _losses(cls, gen, steps)
+    kw = dict(fused=True) if path == "fused" else dict(foreach=True, fused=False)
+    opt = cls(params, **hp, **kw, state_dtype=sdtype, stochastic_rounding=rounded,
+              master_weights=master, rounding_seed=_seed("rounding seed", cfg))
+    for k in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(pdtype).to(DEVICE)
+        opt.step(loss=losses[k])
+    torch.cuda.synchronize()
+    return [p.detach().clone() for p in params], _all_state(opt)
+
+
+@pytest.mark.parametrize("config", ROUNDED)
+@pytest.mark.parametrize("cfg", CFG_NAMES)
+def test_rounded_kernels_write_the_foreach_bits(cfg, config):
+    """bfloat16 state and stochastically rounded parameters on CUDA: the
+    kernels (compiled with --fmad=false) write the very bits of the foreach
+    path, which test_bf16_state.py checks against float64 and
+    test_rounding.py's oracle, step after step."""
+    fused_p, fused_s = _rounded_trajectory(cfg, config, "fused")
+    foreach_p, foreach_s = _rounded_trajectory(cfg, config, "foreach")
+    for i, (a, b) in enumerate(zip(fused_p, foreach_p)):
+        assert a.dtype == b.dtype and torch.equal(_bits(a), _bits(b)), f"{cfg} {config}: parameter {i}"
+    assert fused_s.keys() == foreach_s.keys()
+    for key in fused_s:
+        a, b = fused_s[key], foreach_s[key]
+        same = torch.equal(_bits(a), _bits(b)) if a.dtype in (F32, F16, BF16) else torch.equal(a, b)
+        assert a.dtype == b.dtype and same, f"{cfg} {config}: state {key}"
+    per_element = [v for (_, k), v in fused_s.items() if k in ("exp_avg", "exp_avg_sq", "momentum_buffer")]
+    assert all(v.dtype == (ROUNDED[config][1] or F32) for v in per_element), f"{cfg} {config}: state dtype"
+
+
+# (op, scalar vector's rule part, state count, arguments)
+ROUNDED_OPS = {
+    "adalo_": ([0.05], 1, (0.8, 0.05)),
+    "adaml_": ([0.02, 0.3, 1e-7, 0.4, 0.05], 2, (0.9, 0.99, 0.01)),
+    "adaloss_": ([0.2, 1.5], 1, (0.9, 0.01)),
+}
+
+
+@pytest.mark.skipif(not lossopt_cuda.build_info()["cpu_kernels"], reason="no CPU kernels in this install")
+@pytest.mark.parametrize("config", ["bf16-params-and-state", "f32-params-bf16-state", "f16-master-bf16-state"])
+@pytest.mark.parametrize("op", ROUNDED_OPS)
+def test_rounded_cuda_op_writes_the_cpu_kernels_bits(op, config):
+    """The same op with the same scalar vector and rounding arguments on CUDA
+    and on the CPU: the same bits (the two kernels share csrc/rounding.h and
+    the rules, and neither contracts multiply-adds)."""
+    rule, n_states, args = ROUNDED_OPS[op]
+    pdtype, sdtype, rounded, master = ROUNDED[config]
+    gen = torch.Generator().manual_seed(_seed("rounded op", op, config))
+    scalars = torch.tensor([1.0, 0.5] + rule, dtype=torch.float64)
+    values = [torch.randn(s, generator=gen) for s in ROUNDED_SHAPES]
+    tensors = {
+        "params": [v.to(pdtype) for v in values],
+        "grads": [torch.randn(s, generator=gen).to(pdtype) for s in ROUNDED_SHAPES],
+        "states": [[(torch.randn(s, generator=gen).abs() if k == 1 else torch.randn(s, generator=gen)).to(sdtype)
+                    for s in ROUNDED_SHAPES] for k in range(n_states)],
+        "master": [v + 1e-3 for v in values] if master else [],
+    }
+    step = int(torch.randint(0, 2**40, (), generator=gen))
+    ids = torch.randperm(1000, generator=gen)[: len(values)].tolist()
+    out = {}
+    for device in (CPU, DEVICE):
+        def put(ts, device=device):
+            return [_placed(t, device, i % 2 == 1) for i, t in enumerate(ts)]
+        p, g = put(tensors["params"]), put(tensors["grads"])
+        st = [put(s) for s in tensors["states"]]
+        m = put(tensors["master"])
+        getattr(torch.ops.lossopt, op)(p, g, *st, m, scalars.to(device), *args,
+                                       torch.tensor(step, device=device), 12345, ids, rounded)
+        out[device] = [t.cpu() for t in p + [x for s in st for x in s] + m]
+    torch.cuda.synchronize()
+    assert len(out[CPU]) == len(out[DEVICE])
+    for i, (a, b) in enumerate(zip(out[CPU], out[DEVICE])):
+        assert torch.equal(_bits(a), _bits(b)), f"{op} {config}: tensor {i} differs between CPU and CUDA"
+
+
+@pytest.mark.parametrize("cfg", ONE_PER_RULE)
+def test_cuda_graph_replays_the_rounded_step(cfg):
+    """The rounding counter lives on the device: a captured rounded step,
+    replayed, writes what eager steps write (each replay with its own bits)."""
+    _graph_vs_eager(cfg, BF16, opts=dict(state_dtype=BF16, stochastic_rounding=True))

@@ -3,8 +3,9 @@
 The kernel sources (csrc/cuda/mta_plan.h, rule_functor.h, updates.h,
 csrc/advance.h, csrc/rules/) are compiled by the system C++ compiler against
 the CUDA toolkit's headers only, under AddressSanitizer and
-UndefinedBehaviorSanitizer, once as C++ specifies and once with
-``-ffp-contract=fast`` (nvcc fuses multiply-adds), and every block and thread
+UndefinedBehaviorSanitizer, once as C++ specifies (as nvcc and NVRTC compile
+the kernels, ``--fmad=false``) and once with ``-ffp-contract=fast`` (nvcc's
+default), and every block and thread
 of every planned launch runs on the CPU against a float64 reference written
 from ALGORITHMS.md. No GPU, no torch. Fresh random inputs each run; set
 LOSSOPT_HOST_TEST_SEED to repeat one.

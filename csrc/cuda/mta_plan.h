@@ -43,6 +43,9 @@ struct TensorListMetadata {
 
   void* addresses[Depth][kMaxTensors];
   int64_t numel[kMaxTensors];
+  // Each slot's tensor number in the optimizer's order: the stochastic
+  // rounding hash's tensor (../rounding.h); 0 where nothing is rounded.
+  uint32_t tensor_id[kMaxTensors];
   unsigned char block_to_tensor[kMaxBlocks];
   int block_to_chunk[kMaxBlocks];
 };
@@ -53,17 +56,23 @@ static_assert(sizeof(TensorListMetadata<4>) <= 4096, "metadata over 4 KB");
 static_assert(sizeof(TensorListMetadata<5>) <= 4096, "metadata over 4 KB");
 
 #if !defined(__CUDACC_RTC__)
-// Checks that every group has exactly Depth addresses, that the sizes are sane
-// and that no non-empty tensor has a null address. Throws std::invalid_argument.
+// Checks that every group has exactly Depth addresses, that the sizes are sane,
+// that no non-empty tensor has a null address and that the tensor ids are
+// none or one per group. Throws std::invalid_argument.
 template <int Depth>
 void check_tensor_lists(const std::vector<std::vector<void*>>& tensors,
-                        const std::vector<int64_t>& numel, const char* name) {
+                        const std::vector<int64_t>& numel, const char* name,
+                        const std::vector<uint32_t>& ids = {}) {
   const auto fail = [name](const std::string& msg) {
     throw std::invalid_argument(std::string(name) + ": " + msg);
   };
   if (tensors.size() != numel.size()) {
     fail(std::to_string(tensors.size()) + " tensor groups but " +
          std::to_string(numel.size()) + " sizes");
+  }
+  if (!ids.empty() && ids.size() != tensors.size()) {
+    fail(std::to_string(tensors.size()) + " tensor groups but " + std::to_string(ids.size()) +
+         " tensor ids");
   }
   for (size_t t = 0; t < tensors.size(); ++t) {
     if (tensors[t].size() != static_cast<size_t>(Depth)) {
@@ -85,10 +94,12 @@ void check_tensor_lists(const std::vector<std::vector<void*>>& tensors,
 // The host loop: packs the non-empty groups' chunks into metadata and calls
 // launch(meta, n_blocks) each time the metadata is full, then once for the
 // remainder. A group whose chunks do not all fit is carried into slot 0 of the
-// next launch. No call when every group is empty. Expects checked lists.
+// next launch. No call when every group is empty. Expects checked lists;
+// `ids` (none, or one per group) fill tensor_id.
 template <int Depth, typename LaunchFn>
 void plan_launches(const std::vector<std::vector<void*>>& tensors,
-                   const std::vector<int64_t>& numel, LaunchFn&& launch) {
+                   const std::vector<int64_t>& numel, LaunchFn&& launch,
+                   const std::vector<uint32_t>& ids = {}) {
   using Meta = TensorListMetadata<Depth>;
   Meta meta{};  // value-initialised: unused slots are not garbage
   int loc_tensor = 0;
@@ -100,6 +111,7 @@ void plan_launches(const std::vector<std::vector<void*>>& tensors,
 
     for (int d = 0; d < Depth; ++d) meta.addresses[d][loc_tensor] = tensors[t][d];
     meta.numel[loc_tensor] = n;
+    meta.tensor_id[loc_tensor] = ids.empty() ? 0u : ids[t];
     ++loc_tensor;
 
     const int64_t chunks = (n + kChunkSize - 1) / kChunkSize;
@@ -120,6 +132,7 @@ void plan_launches(const std::vector<std::vector<void*>>& tensors,
           // This group straddles launches: carry it into slot 0 of the next.
           for (int d = 0; d < Depth; ++d) meta.addresses[d][0] = meta.addresses[d][loc_tensor - 1];
           meta.numel[0] = meta.numel[loc_tensor - 1];
+          meta.tensor_id[0] = meta.tensor_id[loc_tensor - 1];
           loc_tensor = 1;
         }
       }
@@ -135,12 +148,13 @@ void plan_launches(const std::vector<std::vector<void*>>& tensors,
 template <int Depth, typename Functor, typename Launch>
 void multi_tensor_apply(const std::vector<std::vector<void*>>& tensors,
                         const std::vector<int64_t>& numel, const Functor& functor,
-                        const char* name, Launch&& launch) {
-  check_tensor_lists<Depth>(tensors, numel, name);
-  plan_launches<Depth>(tensors, numel,
-                       [&](const TensorListMetadata<Depth>& meta, int n_blocks) {
-                         launch(meta, n_blocks, functor);
-                       });
+                        const char* name, Launch&& launch,
+                        const std::vector<uint32_t>& ids = {}) {
+  check_tensor_lists<Depth>(tensors, numel, name, ids);
+  plan_launches<Depth>(
+      tensors, numel,
+      [&](const TensorListMetadata<Depth>& meta, int n_blocks) { launch(meta, n_blocks, functor); },
+      ids);
 }
 
 #endif  // !__CUDACC_RTC__

@@ -15,10 +15,11 @@
 
 namespace lossopt::cuda {
 
-#define LOSSOPT_UPDATE_KERNEL(name, T, Rule, Args, kMaster)                                      \
+#define LOSSOPT_UPDATE_KERNEL(name, T, Rule, Args, kMaster, S, kRoundParams)                     \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize) lossopt_##name(                 \
-      const mta::TensorListMetadata<RuleFunctor<T, Rule, Args, kMaster>::kDepth> meta,          \
-      const RuleFunctor<T, Rule, Args, kMaster> functor) {                                      \
+      const mta::TensorListMetadata<RuleFunctor<T, Rule, Args, kMaster, S, kRoundParams>::kDepth> \
+          meta,                                                                                 \
+      const RuleFunctor<T, Rule, Args, kMaster, S, kRoundParams> functor) {                     \
     functor(meta, mta::DevicePosition{});                                                       \
   }
 LOSSOPT_UPDATE_KERNELS(LOSSOPT_UPDATE_KERNEL)

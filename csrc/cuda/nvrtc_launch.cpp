@@ -35,10 +35,10 @@ namespace {
 // launches: a functor missing from kernel_list.h has no specialisation.
 template <typename Functor>
 struct KernelName;
-#define LOSSOPT_KERNEL_NAME(name, T, Rule, Args, kMaster)      \
-  template <>                                                  \
-  struct KernelName<RuleFunctor<T, Rule, Args, kMaster>> {     \
-    static constexpr const char* value = "lossopt_" #name;     \
+#define LOSSOPT_KERNEL_NAME(name, T, Rule, Args, kMaster, S, kRoundParams)   \
+  template <>                                                                 \
+  struct KernelName<RuleFunctor<T, Rule, Args, kMaster, S, kRoundParams>> {   \
+    static constexpr const char* value = "lossopt_" #name;                    \
   };
 LOSSOPT_UPDATE_KERNELS(LOSSOPT_KERNEL_NAME)
 

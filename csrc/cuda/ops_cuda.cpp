@@ -18,19 +18,23 @@
 namespace lossopt::cuda {
 namespace {
 
-// The CUDA kernels do not round yet: the optimizers take the foreach path
-// for rounded buckets on CUDA (lossopt_cuda/_kernels.py, rounding_supported).
-void refuse_rounding(const char* op, const std::optional<at::Tensor>& rounding_step,
-                     at::IntArrayRef tensor_ids, bool round_params) {
-  TORCH_CHECK(!rounding_step.has_value() && tensor_ids.empty() && !round_params, op,
-              ": the CUDA kernels do not round stochastically yet");
-}
-
 TensorLists make_lists(const char* op, at::TensorList params, at::TensorList grads,
                        std::initializer_list<at::TensorList> states, at::TensorList master,
-                       const at::Tensor& scalars, int64_t n_scalars) {
-  check_lists(op, params, grads, states, master, scalars, n_scalars);
+                       const at::Tensor& scalars, int64_t n_scalars, const Rounding& rounding) {
+  check_lists(op, params, grads, states, master, scalars, n_scalars, &rounding);
   TensorLists lists;
+  if (rounding.step.has_value()) {
+    // Stochastic rounding (csrc/rounding.h): the kernel reads the counter on
+    // the device, so no value crosses to the host.
+    lists.rounding.step = rounding.step->data_ptr<int64_t>();
+    lists.rounding.seed = static_cast<uint64_t>(rounding.seed);
+    lists.rounding.params = rounding.params;
+    lists.rounding.bf16_states = states.size() > 0 && !params.empty() &&
+                                 states.begin()[0][0].scalar_type() == at::kBFloat16;
+    for (const int64_t id : rounding.tensor_ids) {
+      lists.rounding.tensor_ids.push_back(static_cast<uint32_t>(id));
+    }
+  }
   lists.param_type = ParamType::kFloat32;
   lists.master = !master.empty();
   if (!params.empty()) {
@@ -57,38 +61,38 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
 void adalo_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
                 at::TensorList master, const at::Tensor& scalars, double beta1,
                 double weight_decay, const std::optional<at::Tensor>& rounding_step,
-                int64_t /*rounding_seed*/, at::IntArrayRef tensor_ids, bool round_params) {
-  refuse_rounding("lossopt::adalo_", rounding_step, tensor_ids, round_params);
+                int64_t rounding_seed, at::IntArrayRef tensor_ids, bool round_params) {
   const c10::cuda::CUDAGuard guard(scalars.device());
   const auto lists = make_lists("lossopt::adalo_", params, grads, {exp_avg}, master, scalars,
-                                rules::kAdaLoNumScalars);
+                                rules::kAdaLoNumScalars,
+                                Rounding{rounding_step, rounding_seed, tensor_ids, round_params});
   adalo(lists, rules::AdaLoArgs{beta1, weight_decay});
 }
 
 void adaml_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
                 at::TensorList exp_avg_sq, at::TensorList master, const at::Tensor& scalars,
                 double beta1, double beta2, double weight_decay,
-                const std::optional<at::Tensor>& rounding_step, int64_t /*rounding_seed*/,
+                const std::optional<at::Tensor>& rounding_step, int64_t rounding_seed,
                 at::IntArrayRef tensor_ids, bool round_params) {
-  refuse_rounding("lossopt::adaml_", rounding_step, tensor_ids, round_params);
   const c10::cuda::CUDAGuard guard(scalars.device());
   const auto lists = make_lists("lossopt::adaml_", params, grads, {exp_avg, exp_avg_sq}, master,
-                                scalars, rules::kAdamLNumScalars);
+                                scalars, rules::kAdamLNumScalars,
+                                Rounding{rounding_step, rounding_seed, tensor_ids, round_params});
   adaml(lists, rules::AdamLArgs{beta1, beta2, weight_decay});
 }
 
 void adaloss_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffer,
                   at::TensorList master, const at::Tensor& scalars, double momentum,
                   double weight_decay, const std::optional<at::Tensor>& rounding_step,
-                  int64_t /*rounding_seed*/, at::IntArrayRef tensor_ids, bool round_params) {
-  refuse_rounding("lossopt::adaloss_", rounding_step, tensor_ids, round_params);
+                  int64_t rounding_seed, at::IntArrayRef tensor_ids, bool round_params) {
   const c10::cuda::CUDAGuard guard(scalars.device());
   const bool with_momentum = !momentum_buffer.empty();
+  const Rounding rounding{rounding_step, rounding_seed, tensor_ids, round_params};
   const auto lists =
       with_momentum ? make_lists("lossopt::adaloss_", params, grads, {momentum_buffer}, master,
-                                 scalars, rules::kAdaLossNumScalars)
+                                 scalars, rules::kAdaLossNumScalars, rounding)
                     : make_lists("lossopt::adaloss_", params, grads, {}, master, scalars,
-                                 rules::kAdaLossNumScalars);
+                                 rules::kAdaLossNumScalars, rounding);
   adaloss(lists, rules::AdaLossArgs{momentum, weight_decay}, with_momentum);
 }
 

@@ -4,9 +4,11 @@ csrc/cuda/nvrtc_launch.cpp), compiled by the system C++ compiler against the
 CUDA toolkit's headers only (no torch, no GPU, no CUDA runtime: the test
 brings a fake one), under AddressSanitizer and UndefinedBehaviorSanitizer.
 
-Two variants: ``exact`` (no floating-point contraction, as C++ specifies) and
-``fast`` (``-ffp-contract=fast`` with the CPU's fused multiply-add, as nvcc
-compiles device code); the reference (reference.cpp) is never contracted.
+Two variants: ``exact`` (no floating-point contraction, as C++ specifies and
+as nvcc and NVRTC compile the kernels, ``--fmad=false``) and ``fast``
+(``-ffp-contract=fast`` with the CPU's fused multiply-add, what nvcc does by
+default: no result may depend on it beyond a few ulp); the reference
+(reference.cpp) is never contracted.
 
     python tests/cpp/build.py [--csrc DIR] [--out DIR] [--run] [--seed N]
 

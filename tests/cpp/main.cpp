@@ -32,15 +32,35 @@ constexpr int64_t C = mta::kChunkSize;
 constexpr int64_t B = mta::kBlockSize;
 constexpr int64_t I = mta::kILP;
 
+// Parameter storage: type and master weights, and stochastic rounding
+// (csrc/rounding.h): bfloat16 states, bfloat16 parameters written rounded.
 struct TypeConfig {
   ParamType type;
   bool master;
+  bool bf16_states = false, round_params = false;
 };
 const TypeConfig kTypes[] = {{ParamType::kFloat32, false},
                              {ParamType::kFloat16, false},
                              {ParamType::kFloat16, true},
                              {ParamType::kBFloat16, false},
-                             {ParamType::kBFloat16, true}};
+                             {ParamType::kBFloat16, true},
+                             {ParamType::kFloat32, false, true, false},
+                             {ParamType::kFloat16, false, true, false},
+                             {ParamType::kFloat16, true, true, false},
+                             {ParamType::kBFloat16, false, true, false},
+                             {ParamType::kBFloat16, true, true, false},
+                             {ParamType::kBFloat16, false, false, true},
+                             {ParamType::kBFloat16, false, true, true}};
+
+// A case of `label` on this storage.
+UpdateCase storage_case(const std::string& label, const TypeConfig& tc) {
+  UpdateCase c;
+  c.label = (tc.bf16_states || tc.round_params ? "rounded, " : "") + label;
+  c.bf16_states = tc.bf16_states;
+  c.round_params = tc.round_params;
+  return c;
+}
+
 const Rule kRules[] = {Rule::kAdaLo, Rule::kAdamL, Rule::kAdaLoss, Rule::kAdaLossMomentum};
 const Order kOrders[] = {Order::kForward, Order::kReverse, Order::kShuffled};
 
@@ -109,14 +129,15 @@ int main(int argc, char** argv) {
     section("NVRTC launcher (fake CUDA runtime)", t0, before);
   }
 
-  // Every rule, type and order on the edge sizes, with the gradient scale and
-  // weight decay varied; then a skipped step.
+  // Every rule, storage and order on the edge sizes, with the gradient scale
+  // and weight decay varied; then a skipped step.
   for (const Rule rule : kRules) {
     for (const TypeConfig& tc : kTypes) {
+      // A rule without state rounds only its parameters.
+      if (tc.bf16_states && !tc.round_params && host_test::update_states(rule) == 0) continue;
       int k = 0;
       for (const Order order : kOrders) {
-        UpdateCase c;
-        c.label = "edge sizes";
+        UpdateCase c = storage_case("edge sizes", tc);
         c.sizes = edge_sizes(rng);
         c.order = order;
         c.inv_scale = k == 0 ? 1.0 : k == 1 ? 1.0 / 1024 : 1.0 / 3.0;
@@ -124,8 +145,7 @@ int main(int argc, char** argv) {
         host_test::run_update_case(rule, tc.type, tc.master, c, rng);
         ++k;
       }
-      UpdateCase skip;
-      skip.label = "skipped step";
+      UpdateCase skip = storage_case("skipped step", tc);
       skip.sizes = edge_sizes(rng);
       skip.valid = false;
       skip.decay = true;
@@ -138,11 +158,11 @@ int main(int argc, char** argv) {
   // scalar path.
   for (const Rule rule : kRules) {
     for (const TypeConfig& tc : kTypes) {
+      if (tc.bf16_states && !tc.round_params && host_test::update_states(rule) == 0) continue;
       const int slots = 2 + host_test::update_states(rule) + (tc.master ? 1 : 0);
       for (int slot = 0; slot < slots; ++slot) {
         for (int by = 1; by <= 2; ++by) {
-          UpdateCase c;
-          c.label = "slot " + std::to_string(slot) + " misaligned by " + std::to_string(by);
+          UpdateCase c = storage_case("slot " + std::to_string(slot) + " misaligned by " + std::to_string(by), tc);
           c.sizes = {1, 3, I + 1, B + 1, C + 1, 70001};
           c.order = by == 1 ? Order::kShuffled : Order::kReverse;
           c.misaligned_slot = slot;
@@ -155,6 +175,7 @@ int main(int argc, char** argv) {
     }
   }
   section("updates: misaligned tensors (scalar path)", t0, before);
+
 
   if (numerics_only) return finish(start, seed);
 
@@ -169,6 +190,16 @@ int main(int argc, char** argv) {
     c.decay = true;
     host_test::run_update_case(rule, ParamType::kFloat32, false, c, rng);
     host_test::run_update_case(rule, ParamType::kBFloat16, true, c, rng);
+    // Each slot's tensor id must follow its group into the next launch.
+    c.bf16_states = true;
+    c.round_params = true;
+    host_test::run_update_case(rule, ParamType::kBFloat16, false, c, rng);
+  }
+  {
+    UpdateCase c{"rounded, over the block limit", long_sizes(), Order::kShuffled, 1.0, true};
+    c.bf16_states = true;
+    c.round_params = true;
+    host_test::run_update_case(Rule::kAdamL, ParamType::kBFloat16, false, c, rng);
   }
   host_test::run_update_case(Rule::kAdaLoss, ParamType::kFloat32, false,
                              UpdateCase{"over the block limit", long_sizes(), Order::kForward,

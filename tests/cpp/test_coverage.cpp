@@ -61,7 +61,7 @@ void count(const std::vector<int64_t>& sizes, Order order, std::mt19937_64& rng)
   scalars[1] = 1.0;
   lists.scalars = scalars.data();
   int launches = 0;
-  updates::launch_rule<T, CountRule<float>, kMaster>(lists, CountArgs{}, 2, "count",
+  updates::launch_rule<T, CountRule<float>, kMaster, float, false>(lists, CountArgs{}, 2, "count",
                                                       HostLaunch{order, rng(), &launches});
   for (size_t t = 0; t < sizes.size(); ++t) {
     bool guards = p[t]->intact() && g[t]->intact() && st[t]->intact() && (!kMaster || mw[t]->intact());

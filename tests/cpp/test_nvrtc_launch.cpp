@@ -7,7 +7,8 @@
 //
 // Each update and advance through the launcher is compared, to the bit, with
 // the same call made through the plan directly; the kernel it launched is
-// checked against the name spelled here for the rule, type and master weights;
+// checked against the name spelled here for the rule, type, master weights
+// and rounding;
 // and the registry of compiled code per GPU architecture (loading, the cache
 // of kernels, replacing, errors) is exercised.
 #include <cuda_runtime_api.h>
@@ -95,8 +96,8 @@ void run_advance(void** args, dim3 grid, dim3 block) {
 
 namespace lossopt::cuda {
 namespace {
-#define HOST_TEST_UPDATE_ENTRY(name, T, Rule, Args, kMaster) \
-  {"lossopt_" #name, &host_test::run_update<RuleFunctor<T, Rule, Args, kMaster>>},
+#define HOST_TEST_UPDATE_ENTRY(name, T, Rule, Args, kMaster, S, kRoundParams) \
+  {"lossopt_" #name, &host_test::run_update<RuleFunctor<T, Rule, Args, kMaster, S, kRoundParams>>},
 #define HOST_TEST_ADVANCE_ENTRY(name, Group) {"lossopt_" #name, &host_test::run_advance<Group>},
 const host_test::KernelEntry kKernelTable[] = {
     LOSSOPT_UPDATE_KERNELS(HOST_TEST_UPDATE_ENTRY) LOSSOPT_ADVANCE_KERNELS(HOST_TEST_ADVANCE_ENTRY)};
@@ -201,12 +202,16 @@ std::vector<unsigned char> random_tensor(int64_t n, std::mt19937_64& rng, float 
 }
 
 template <typename T>
-Buffers make_buffers(const std::vector<int64_t>& sizes, int states, bool master, std::mt19937_64& rng) {
+Buffers make_buffers(const std::vector<int64_t>& sizes, int states, bool master, bool bf16_states,
+                     std::mt19937_64& rng) {
   Buffers b;
   for (const int64_t n : sizes) {
     b.bytes.push_back(random_tensor<T>(n, rng, -1.0f, 1.0f));      // param
     b.bytes.push_back(random_tensor<T>(n, rng, -1.0f, 1.0f));      // grad
-    for (int s = 0; s < states; ++s) b.bytes.push_back(random_tensor<float>(n, rng, 0.0f, 1.0f));
+    for (int s = 0; s < states; ++s) {
+      b.bytes.push_back(bf16_states ? random_tensor<__nv_bfloat16>(n, rng, 0.0f, 1.0f)
+                                    : random_tensor<float>(n, rng, 0.0f, 1.0f));
+    }
     if (master) b.bytes.push_back(random_tensor<float>(n, rng, -1.0f, 1.0f));
   }
   return b;
@@ -244,25 +249,38 @@ const char* type_name(ParamType type) {
 
 // The update through the launcher and through the plan directly, on equal
 // copies: equal bytes, and the launcher's kernels the ones named for it.
+// bf16_states, round_params: stochastic rounding (kernel_list.h's _s16, _sr).
 template <typename T>
-void compare_update(Rule rule, ParamType type, bool master, std::mt19937_64& rng) {
+void compare_update(Rule rule, ParamType type, bool master, std::mt19937_64& rng,
+                    bool bf16_states = false, bool round_params = false) {
   namespace updates = lossopt::cuda::updates;
   namespace rules = lossopt::rules;
+  const int states = update_states(rule);
   const std::string expected = std::string("lossopt_") + rule_name(rule) + "_" + type_name(type) +
-                               (master ? "_master" : "");
+                               (master ? "_master" : "") + (round_params ? "_sr" : "") +
+                               (bf16_states && states > 0 ? "_s16" : "");
   const std::string where = "nvrtc " + expected;
   // Over the per-launch tensor limits, some empty, one spanning chunks.
   std::uniform_int_distribution<int64_t> size(0, 700);
   std::vector<int64_t> sizes;
   for (int i = 0; i < 131; ++i) sizes.push_back(i % 29 == 0 ? 0 : size(rng));
   sizes.push_back(2 * mta::kChunkSize + 3);
-  const int states = update_states(rule);
   const int depth = 2 + states + (master ? 1 : 0);
-  Buffers via_launcher = make_buffers<T>(sizes, states, master, rng);
+  Buffers via_launcher = make_buffers<T>(sizes, states, master, bf16_states, rng);
   Buffers direct = via_launcher;
   const double scalars[lossopt::kMaxScalars] = {1.0, 0.5, 1e-3, 0.9, 1e-8, 0.1, 0.01, 0.2};
   auto a = lists_of(via_launcher, sizes, depth, type, master, scalars);
   auto b = lists_of(direct, sizes, depth, type, master, scalars);
+  const int64_t step = static_cast<int64_t>(rng());
+  if (bf16_states || round_params) {
+    lossopt::cuda::RoundingLists rounding;
+    rounding.step = &step;
+    rounding.seed = rng();
+    rounding.bf16_states = bf16_states;
+    rounding.params = round_params;
+    for (size_t t = 0; t < sizes.size(); ++t) rounding.tensor_ids.push_back(static_cast<uint32_t>(rng()));
+    a.rounding = b.rounding = rounding;
+  }
 
   FakeRuntime& r = runtime();
   r.launched.clear();
@@ -430,6 +448,16 @@ void run_nvrtc_launch_tests(std::mt19937_64& rng) {
     compare_update<__half>(rule, ParamType::kFloat16, true, rng);
     compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, false, rng);
     compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, true, rng);
+    // Every kernel of stochastic rounding (a rule without state has no _s16).
+    if (update_states(rule) > 0) {
+      compare_update<float>(rule, ParamType::kFloat32, false, rng, true);
+      compare_update<__half>(rule, ParamType::kFloat16, false, rng, true);
+      compare_update<__half>(rule, ParamType::kFloat16, true, rng, true);
+      compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, false, rng, true);
+      compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, true, rng, true);
+      compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, false, rng, true, true);
+    }
+    compare_update<__nv_bfloat16>(rule, ParamType::kBFloat16, false, rng, false, true);
   }
   compare_advance<rules::AdaLoGroup>("lossopt_advance_adalo", false, rng);
   compare_advance<rules::AdamLGroup>("lossopt_advance_adaml", false, rng);

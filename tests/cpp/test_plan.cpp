@@ -191,6 +191,24 @@ void run_refusal_tests() {
   lists.master = true;  // float32 parameters have no master: the depth is wrong
   lists.param_type = ParamType::kFloat16;
   expect_refused(lists, "master weights missing", p);
+  // Stochastic rounding: the state storage is the lists' (bfloat16 bits here),
+  // and every rounded call needs its counter and one tensor id per group.
+  int64_t step = 7;
+  lists = base();
+  lists.rounding.bf16_states = true;
+  lists.rounding.tensor_ids = {0, 1};
+  expect_refused(lists, "rounding without a step counter", p);
+  lists.rounding.step = &step;
+  lists.rounding.tensor_ids = {0};
+  expect_refused(lists, "one tensor id for two groups", p);
+  lists = base();
+  lists.rounding.step = &step;
+  lists.rounding.tensor_ids = {0, 1};
+  lists.rounding.params = true;  // float32 parameters are not rounded
+  expect_refused(lists, "rounded float32 parameters", p);
+  lists.param_type = ParamType::kBFloat16;
+  lists.master = true;
+  expect_refused(lists, "rounded parameters with master weights", p);
   // Empty lists launch nothing and need no scalars; a malformed empty list
   // is still refused.
   lists = base();

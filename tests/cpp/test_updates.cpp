@@ -1,5 +1,11 @@
 // The fused updates (csrc/cuda/updates.h and rule_functor.h, the code the GPU
 // runs) executed on the host by HostLaunch, against the float64 reference.
+// With stochastic rounding (bfloat16 states, rounded bfloat16 parameters)
+// every rounded value must also be one of the two bfloat16 neighbours of the
+// reference, and, without contraction, equal to the bit what a plain loop
+// over tensors and elements writes with the rounding header's bits of
+// (seed, step, tensor id, stream, element): the driver's bookkeeping (keys,
+// streams, offsets, ids carried across launches) checked element by element.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -158,40 +164,89 @@ void call_update(Rule rule, const TensorLists& lists, const Scalars& s, const Ho
   }
 }
 
-// The tensors of one parameter: param and grad (T), states and master (float).
-template <typename T>
+// The tensors of one parameter: param and grad (T), states (S: float, or
+// bfloat16 bits) and master (float).
+template <typename T, typename S>
 struct Group {
   std::unique_ptr<Guarded<T>> p, g;
-  std::vector<std::unique_ptr<Guarded<float>>> st;
+  std::vector<std::unique_ptr<Guarded<S>>> st;
   std::unique_ptr<Guarded<float>> mw;
   std::vector<T> p0, g0;
-  std::vector<std::vector<float>> st0;
+  std::vector<std::vector<S>> st0;
   std::vector<float> mw0;
 };
 
+double state_value(float x) { return x; }
+double state_value(uint16_t bits) { return ref::bfloat16_bits_to_double(bits); }
+template <typename S>
+S state_of(float x) {
+  if constexpr (std::is_same_v<S, float>) return x;
+  else return ref::float_to_bfloat16_bits(x);
+}
+
+#if !defined(HOST_TEST_FAST_CONTRACT)  // the bit-for-bit check (below) needs no contraction
+// The rule's float32 step of one element (csrc/rules/, the kernels' own
+// arithmetic): what a plain loop computes before it stores anything.
+void rule_step(Rule rule, const Scalars& s, float& p, float g, float* st) {
+  namespace rules = lossopt::rules;
+  float sc[lossopt::kMaxScalars] = {};
+  for (size_t k = 0; k < s.vec.size(); ++k) sc[k] = static_cast<float>(s.vec[k]);
+  switch (rule) {
+    case Rule::kAdaLo: return rules::AdaLo<float>(sc, rules::AdaLoArgs{s.beta1, s.weight_decay})(p, g, st);
+    case Rule::kAdamL:
+      return rules::AdamL<float>(sc, rules::AdamLArgs{s.beta1, s.beta2, s.weight_decay})(p, g, st);
+    case Rule::kAdaLoss:
+      return rules::AdaLossPlain<float>(sc, rules::AdaLossArgs{0.0, s.weight_decay})(p, g, st);
+    case Rule::kAdaLossMomentum:
+      return rules::AdaLossMomentum<float>(sc, rules::AdaLossArgs{s.momentum, s.weight_decay})(p, g, st);
+  }
+}
+
+// The random bits of one write (csrc/rounding.h), from the element's index in
+// its tensor alone: stream k is state k, stream n_states the parameter.
+uint32_t write_bits(const lossopt::cuda::RoundingLists& r, uint64_t step, size_t tensor,
+                    int stream, uint64_t index) {
+  namespace rd = lossopt::rounding;
+  const uint32_t key = rd::tensor_key(r.seed, step, r.tensor_ids[tensor],
+                                      rd::stream_pair(static_cast<uint32_t>(stream)));
+  return rd::stream_bits(rd::element_bits(rd::block_key(key, index), index),
+                         static_cast<uint32_t>(stream));
+}
+
 template <typename T>
-void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) {
+T param_of_bits(uint16_t bits) {
+  T t;
+  std::memcpy(static_cast<void*>(&t), &bits, 2);
+  return t;
+}
+#endif
+
+template <typename T, typename S>
+void run_typed(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) {
   const int ns = n_states(rule);
+  const bool rounds_states = std::is_same_v<S, uint16_t> && ns > 0;
+  const bool rounds = rounds_states || c.round_params;
   const std::string where = std::string(rule_name(rule)) + " " + type_name<T>() +
-                            (master ? "+master" : "") + " " + c.label + " order=" +
-                            order_name(c.order);
+                            (master ? "+master" : "") + (c.round_params ? "+rounded" : "") +
+                            (std::is_same_v<S, uint16_t> ? " bf16 state" : "") + " " + c.label +
+                            " order=" + order_name(c.order);
   const Scalars s = draw_scalars(rule, c, rng);
   std::uniform_real_distribution<float> value(-2.0f, 2.0f);  // cheap; sign and scale matter  // cheap; the sign and scale matter
   std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
 
   // slot: 0 param, 1 grad, 2.. states, then master
   auto offset = [&](int slot) { return slot == c.misaligned_slot ? c.misalign_by : 0; };
-  std::vector<Group<T>> groups(c.sizes.size());
+  std::vector<Group<T, S>> groups(c.sizes.size());
   TensorLists lists;
   lists.param_type = param_type<T>();
   lists.master = master;
   lists.stream = nullptr;
   for (size_t t = 0; t < c.sizes.size(); ++t) {
     const size_t n = static_cast<size_t>(c.sizes[t]);
-    Group<T>& gr = groups[t];
+    Group<T, S>& gr = groups[t];
     gr.p = std::make_unique<Guarded<T>>(n, offset(0));
     gr.g = std::make_unique<Guarded<T>>(n, offset(1));
-    for (int k = 0; k < ns; ++k) gr.st.push_back(std::make_unique<Guarded<float>>(n, offset(2 + k)));
+    for (int k = 0; k < ns; ++k) gr.st.push_back(std::make_unique<Guarded<S>>(n, offset(2 + k)));
     if (master) gr.mw = std::make_unique<Guarded<float>>(n, offset(2 + ns));
     const float g_scale = 1.0f / static_cast<float>(c.inv_scale);  // as a scaled gradient
     for (size_t i = 0; i < n; ++i) {
@@ -203,7 +258,7 @@ void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) 
       for (int k = 0; k < ns; ++k) {
         // AdamL's second moment is >= 0; the other states are signed.
         const float v = value(rng) * 0.3f;
-        (*gr.st[k])[i] = (rule == Rule::kAdamL && k == 1) ? v * v : v;
+        (*gr.st[k])[i] = state_of<S>((rule == Rule::kAdamL && k == 1) ? v * v : v);
       }
     }
     gr.p0 = gr.p->copy();
@@ -220,17 +275,30 @@ void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) 
   Guarded<double> scalars(s.vec.size(), 0);
   for (size_t k = 0; k < s.vec.size(); ++k) scalars[k] = s.vec[k];
   lists.scalars = scalars.data();
+  // Rounding: the step counter in (guarded) memory the kernel reads, a full
+  // 64-bit seed and step, and tensor ids anywhere in 32 bits.
+  Guarded<int64_t> step(1, 0);
+  step[0] = static_cast<int64_t>(rng() >> (rng() % 2 == 0 ? 0 : 40));
+  if (rounds) {
+    lists.rounding.step = step.data();
+    lists.rounding.seed = rng();
+    lists.rounding.bf16_states = rounds_states;
+    lists.rounding.params = c.round_params;
+    for (size_t t = 0; t < c.sizes.size(); ++t) {
+      lists.rounding.tensor_ids.push_back(static_cast<uint32_t>(rng()));
+    }
+  }
 
   int launches = 0;
   call_update(rule, lists, s, HostLaunch{c.order, rng(), &launches});
 
-  HOST_CHECK(scalars.intact(), where, "the scalar vector's guards changed");
+  HOST_CHECK(scalars.intact() && step.intact(), where, "the guards of the scalars or the step changed");
   // Bound on a float32 computation's error relative to the magnitude of what
   // went into it: a handful of roundings (contracted or not).
   const double tol = 16 * std::ldexp(1.0, -24);
   long bad = 0;
   for (size_t t = 0; t < groups.size(); ++t) {
-    Group<T>& gr = groups[t];
+    Group<T, S>& gr = groups[t];
     const std::string at = where + " tensor " + std::to_string(t) + " (n=" +
                            std::to_string(c.sizes[t]) + ")";
     bool guards = gr.p->intact() && gr.g->intact() && (!master || gr.mw->intact());
@@ -248,15 +316,22 @@ void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) 
       // The kernel multiplies the gradient by the float32 1/scale.
       const double g_in = decode(gr.g0[i]) * f32(c.inv_scale);
       double st_in[2] = {0, 0};
-      for (int k = 0; k < ns; ++k) st_in[k] = gr.st0[k][i];
+      for (int k = 0; k < ns; ++k) st_in[k] = state_value(gr.st0[k][i]);
       const ref::Element e = reference(rule, s, p_in, g_in, st_in);
       auto close = [&](double got, double want, double mag) {
         return std::fabs(got - want) <= tol * mag + 1e-38;
       };
+      // A stochastically rounded value: a bfloat16 neighbour of the float32
+      // result, so at most one bfloat16 ulp from it.
+      auto near = [&](double got, double want, double mag) {
+        const double err = tol * mag;
+        return std::fabs(got - want) <= err + ref::bfloat16_ulp(std::fabs(want) + err) + 1e-38;
+      };
       std::string what;
       for (int k = 0; k < ns; ++k) {
-        const double got = (*gr.st[k])[i];
-        if (!close(got, e.state[k], e.state_mag[k] + std::fabs(e.state[k]))) {
+        const double got = state_value((*gr.st[k])[i]);
+        const double mag = e.state_mag[k] + std::fabs(e.state[k]);
+        if (!(rounds_states ? near(got, e.state[k], mag) : close(got, e.state[k], mag))) {
           what += " state" + std::to_string(k) + " " + std::to_string(got) + " vs " +
                   std::to_string(e.state[k]);
         }
@@ -270,6 +345,10 @@ void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) 
         // The parameter is the master rounded to T, to the bit.
         const T want = encode<T>((*gr.mw)[i]);
         if (std::memcmp(&want, &(*gr.p)[i], sizeof(T)) != 0) what += " param != rounded master";
+      } else if (c.round_params) {
+        if (!near(p_out, e.p, e.p_mag + std::fabs(e.p))) {
+          what += " rounded param " + std::to_string(p_out) + " vs " + std::to_string(e.p);
+        }
       } else {
         // The float32 result (within tol of the reference) rounded to nearest
         // in T: at most half an ulp of T more.
@@ -279,12 +358,48 @@ void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) 
           what += " param " + std::to_string(p_out) + " vs " + std::to_string(e.p);
         }
       }
+#if !defined(HOST_TEST_FAST_CONTRACT)
+      // Without contraction, the very bits of a plain loop (see the top).
+      if (rounds && what.empty()) {
+        float pf = master ? gr.mw0[i] : static_cast<float>(decode(gr.p0[i]));
+        const float gf = static_cast<float>(decode(gr.g0[i])) * static_cast<float>(s.vec[1]);
+        float sf[2] = {0, 0};
+        for (int k = 0; k < ns; ++k) sf[k] = static_cast<float>(state_value(gr.st0[k][i]));
+        rule_step(rule, s, pf, gf, sf);
+        const uint64_t step_u = static_cast<uint64_t>(step[0]);
+        for (int k = 0; k < ns; ++k) {
+          const S want = rounds_states
+                             ? S(lossopt::rounding::bf16_stochastic(
+                                   sf[k], write_bits(lists.rounding, step_u, t, k, i)))
+                             : S(sf[k]);
+          if (std::memcmp(&want, &(*gr.st[k])[i], sizeof(S)) != 0) {
+            what += " state" + std::to_string(k) + " bits differ from the plain loop's";
+          }
+        }
+        const T want_p = c.round_params
+                             ? param_of_bits<T>(lossopt::rounding::bf16_stochastic(
+                                   pf, write_bits(lists.rounding, step_u, t, ns, i)))
+                             : encode<T>(pf);
+        if (std::memcmp(&want_p, &(*gr.p)[i], sizeof(T)) != 0) {
+          what += " param bits differ from the plain loop's";
+        }
+        if (master && std::memcmp(&pf, &(*gr.mw)[i], sizeof(float)) != 0) {
+          what += " master bits differ from the plain loop's";
+        }
+      }
+#endif
       if (!what.empty()) {
         ++bad;
         fail(at, "element " + std::to_string(i) + ":" + what);
       }
     }
   }
+}
+
+template <typename T>
+void run_one(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng) {
+  if (c.bf16_states) return run_typed<T, uint16_t>(rule, master, c, rng);
+  run_typed<T, float>(rule, master, c, rng);
 }
 
 }  // namespace

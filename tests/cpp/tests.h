@@ -23,6 +23,10 @@ struct UpdateCase {
   bool valid = true;       // false: a skipped step, every other scalar NaN
   int misaligned_slot = -1;  // 0 param, 1 grad, 2.. states, then master
   int misalign_by = 0;       // elements into the allocation
+  // Stochastic rounding (csrc/rounding.h): bfloat16 states, and bfloat16
+  // parameters written rounded (no master weights).
+  bool bf16_states = false;
+  bool round_params = false;
 };
 
 // test_updates.cpp: the update against the float64 reference.
