@@ -22,6 +22,12 @@ kernels exist, ``fused=True``. Two more FSDP2 cases clip the gradients
 (``clip_grad_norm_`` on DTensors) before each step, and one checks that
 ``torch.distributed.checkpoint``'s optimizer state dict round-trips.
 
+With bfloat16 state (``state_dtype=torch.bfloat16``, float32 parameters, FSDP2)
+each rank rounds its shard stochastically, numbering the shard's elements from
+its own first one (README: DTensor shards number their elements locally), so
+the run is not bit-equal to one process; it must be bit-equal on every path,
+on both ranks, with the state kept as bfloat16 shards.
+
 A case that raises is recorded by the workers (both ranks raise at the same
 point, so the process group stays usable) and its test fails with the error,
 where it was raised, and what to change.
@@ -73,6 +79,8 @@ CLIP = 0.05
 # FSDP2 with clip_grad_norm_ (on DTensor gradients) before the step, and the
 # non-finite-norm guard of docs/training.md: loss + 0 * norm.full_tensor().
 CLIP_CASES = [("AdamL", "fsdp2+clip", "foreach"), ("AdaLoss", "fsdp2+clip", "forloop")]
+# FSDP2 with float32 parameters and bfloat16 state, stochastically rounded.
+ROUNDED = {"state_dtype": torch.bfloat16, "rounding_seed": 20261206}
 
 
 def has_cpu_kernels() -> bool:
@@ -90,6 +98,11 @@ def cases() -> list:
                     continue
                 out.append((name, parallel, path))
     return out + CLIP_CASES
+
+
+def rounded_cases() -> list:
+    paths = [p for p in PATHS if p != "fused" or has_cpu_kernels()]
+    return [(name, "fsdp2+bf16", path) for name in OPT_KWARGS for path in paths]
 
 
 class Net(nn.Module):
@@ -115,10 +128,10 @@ def make_data():
     return x, y
 
 
-def make_optimizer(name, params, path):
+def make_optimizer(name, params, path, **extra):
     import lossopt_cuda
 
-    return getattr(lossopt_cuda, name)(params, **PATHS[path], **OPT_KWARGS[name])
+    return getattr(lossopt_cuda, name)(params, **PATHS[path], **OPT_KWARGS[name], **extra)
 
 
 def _where(err: BaseException) -> str:
@@ -138,7 +151,10 @@ def run(name: str, parallel: str | None, path: str, rank: int | None = None) -> 
     clip = parallel is not None and parallel.endswith("+clip")
     if clip:
         parallel = parallel[: -len("+clip")] or None
-    model = make_model()
+    rounded = parallel is not None and parallel.endswith("+bf16")
+    if rounded:  # float32 parameters, bfloat16 state
+        parallel = parallel[: -len("+bf16")] or None
+    model = make_model().float() if rounded else make_model()
     if parallel == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -153,8 +169,10 @@ def run(name: str, parallel: str | None, path: str, rank: int | None = None) -> 
 
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
         parallelize_module(model, mesh, {"l1": ColwiseParallel(), "l2": RowwiseParallel()})
-    opt = make_optimizer(name, model.parameters(), path)
+    opt = make_optimizer(name, model.parameters(), path, **(ROUNDED if rounded else {}))
     x, y = make_data()
+    if rounded:
+        x = x.float()
     result: dict = {"error": None}
     try:
         for step in range(STEPS):
@@ -178,7 +196,7 @@ def run(name: str, parallel: str | None, path: str, rank: int | None = None) -> 
     result["params"] = [
         (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for p in model.parameters()
     ]
-    # {(param index, state key): (state type, state local numel, param local numel, param numel)}
+    # {(param index, state key): (state type, state local numel, param local numel, param numel, dtype)}
     shards = {}
     for i, p in enumerate(model.parameters()):
         local = p.to_local() if isinstance(p, DTensor) else p
@@ -186,7 +204,7 @@ def run(name: str, parallel: str | None, path: str, rank: int | None = None) -> 
             if s.dim() == 0:
                 continue  # the per-group scalars (loss_ema, step, b_sq ...)
             s_local = s.to_local() if isinstance(s, DTensor) else s
-            shards[(i, key)] = (type(s).__name__, s_local.numel(), local.numel(), p.numel())
+            shards[(i, key)] = (type(s).__name__, s_local.numel(), local.numel(), p.numel(), s.dtype)
     result["shards"] = shards
     if parallel == "fsdp2" and name == "AdamL" and path == "foreach":
         result["checkpoint"] = checkpoint_round_trip(model, opt, name, path)
@@ -228,7 +246,7 @@ def _worker(rank: int, world_size: int, init_file: str, out: str) -> None:
     )
     try:
         results = {}
-        for case in cases():
+        for case in cases() + rounded_cases():
             results[case] = run(*case, rank=rank)
             dist.barrier()
         torch.save(results, out)
@@ -289,12 +307,38 @@ def test_dtensor_training_matches_single_process(results, name, parallel, path):
             )
     # The state is sharded like its parameter: each rank keeps (and updates) its shard only.
     assert r0["shards"] and r0["shards"].keys() == r1["shards"].keys()
-    for (i, key), (kind, state_local, local, full) in r0["shards"].items():
-        kind1, state_local1, local1, _ = r1["shards"][(i, key)]
+    for (i, key), (kind, state_local, local, full, _) in r0["shards"].items():
+        kind1, state_local1, local1, _, _ = r1["shards"][(i, key)]
         assert (state_local, state_local1) == (local, local1), (i, key)
         if parallel.startswith("fsdp2"):
             assert kind == kind1 == "DTensor", (i, key, kind, kind1)
             assert state_local + state_local1 == full, (i, key, state_local, state_local1, full)
+
+
+@pytest.mark.parametrize("name", OPT_KWARGS)
+def test_rounded_dtensor_shards_write_the_same_bits_on_every_path(results, name):
+    """bfloat16 state on FSDP2 shards: both ranks and every path (for-loop,
+    foreach, the default and, where built, the CPU kernels) end with the very
+    same parameters; the state stays a bfloat16 DTensor sharded like its
+    parameter; the parameters moved."""
+    runs = {}
+    for case in (c for c in rounded_cases() if c[0] == name):
+        r0, r1 = (r[case] for r in results)
+        if r0["error"] or r1["error"]:
+            pytest.fail(_diagnosis(*case, r0 if r0["error"] else r1), pytrace=False)
+        for i, (a, b) in enumerate(zip(r0["params"], r1["params"])):
+            assert torch.equal(a, b), f"{case}: the ranks disagree on parameter {i}"
+        runs[case[2]] = r0
+    base = runs["forloop"]
+    for path, r in runs.items():
+        for i, (a, b) in enumerate(zip(r["params"], base["params"])):
+            assert a.dtype == torch.float32 and torch.equal(a, b), f"{name} {path}: parameter {i} differs from forloop"
+        states = {k: v for k, v in r["shards"].items() if k[1] != "rounding_step"}
+        assert states, f"{name} {path}: no per-element state"
+        for (i, key), (kind, state_local, local, full, dtype) in states.items():
+            assert kind == "DTensor" and dtype == torch.bfloat16 and state_local == local, (path, i, key, kind, dtype)
+    start = [p.detach().float() for p in make_model().parameters()]
+    assert max((a - b).abs().max().item() for a, b in zip(base["params"], start)) > 1e-3
 
 
 def test_fsdp2_optimizer_checkpoint_round_trip(results):
