@@ -1,12 +1,16 @@
 """Instructions per parameter element of one fused CPU step, counted, not timed.
 
 Runs itself under valgrind's callgrind (which counts the same on a busy
-machine), one thread, float32 parameters of ``--numel`` elements, and reads:
+machine), one thread, parameters of ``--numel`` elements (float32, or bfloat16 where a
+case says so), and reads:
 
 * the instructions executed inside each optimizer's update op per step
   (inclusive, averaged over the steps), divided by the elements: AdaLo, AdamL,
   AdaLoss (with and without momentum) on the fused path, against
-  ``torch.optim.Adam(fused=True)`` and ``AdamW(fused=True)``. The per-group
+  ``torch.optim.Adam(fused=True)`` and ``AdamW(fused=True)``; and with
+  bfloat16 parameters: AdaLo and AdamL with bfloat16 state and stochastically
+  rounded parameters, and the three rules and Adam plain, which counts what
+  the rounding's hash costs. The per-group
   scalar step (``lossopt::<rule>_advance``, a few hundred instructions per
   group) and Python are outside the op and do not grow with the elements;
 * the floating-point arithmetic those instructions did: every executed
@@ -35,15 +39,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-# name -> (class, constructor kwargs); the op each runs (the toggle pattern).
+# name -> (kind, class, constructor kwargs, the op each runs (the toggle
+# pattern), parameter dtype). BF16_STATE: bfloat16 state and stochastically
+# rounded bfloat16 parameters.
+BF16_STATE = dict(state_dtype="bfloat16", stochastic_rounding=True, rounding_seed=1)
+_ADALO, _ADAML = "lossopt::cpu::*adalo(*", "lossopt::cpu::*adaml(*"
+_ADAM = "at::native::_fused_adam_kernel_cpu_*"
 CASES = {
-    "AdaLo": ("lossopt", "AdaLo", dict(), "lossopt::cpu::*adalo(*"),
-    "AdamL": ("lossopt", "AdamL", dict(lr=1e-3), "lossopt::cpu::*adaml(*"),
-    "AdaLoss": ("lossopt", "AdaLoss", dict(lr=0.1), "lossopt::cpu::*adaloss(*"),
-    "AdaLoss+momentum": ("lossopt", "AdaLoss", dict(lr=0.1, momentum=0.9), "lossopt::cpu::*adaloss(*"),
-    "Adam(fused=True)": ("torch", "Adam", dict(lr=1e-3), "at::native::_fused_adam_kernel_cpu_*"),
+    "AdaLo": ("lossopt", "AdaLo", dict(), _ADALO, "float32"),
+    "AdamL": ("lossopt", "AdamL", dict(lr=1e-3), _ADAML, "float32"),
+    "AdaLoss": ("lossopt", "AdaLoss", dict(lr=0.1), "lossopt::cpu::*adaloss(*", "float32"),
+    "AdaLoss+momentum": ("lossopt", "AdaLoss", dict(lr=0.1, momentum=0.9), "lossopt::cpu::*adaloss(*", "float32"),
+    "Adam(fused=True)": ("torch", "Adam", dict(lr=1e-3), _ADAM, "float32"),
     "AdamW(fused=True)": ("torch", "AdamW", dict(lr=1e-3, weight_decay=1e-2),
-                          "at::native::_fused_adamw_kernel_cpu_*"),
+                          "at::native::_fused_adamw_kernel_cpu_*", "float32"),
+    "AdaLo bf16": ("lossopt", "AdaLo", dict(), _ADALO, "bfloat16"),
+    "AdaLo bf16+state": ("lossopt", "AdaLo", BF16_STATE, _ADALO, "bfloat16"),
+    "AdamL bf16": ("lossopt", "AdamL", dict(lr=1e-3), _ADAML, "bfloat16"),
+    "AdamL bf16+state": ("lossopt", "AdamL", dict(lr=1e-3, **BF16_STATE), _ADAML, "bfloat16"),
+    "Adam(fused) bf16": ("torch", "Adam", dict(lr=1e-3), _ADAM, "bfloat16"),
 }
 
 # ------------------------------------------------------------------ child: the steps
@@ -55,10 +69,12 @@ def child(case: str, numel: int, steps: int) -> None:
     torch.set_num_threads(1)
     import lossopt_cuda
 
-    kind, cls_name, kwargs, _ = CASES[case]
+    kind, cls_name, kwargs, _, dtype_name = CASES[case]
+    dtype = getattr(torch, dtype_name)
+    kwargs = {k: getattr(torch, v) if k == "state_dtype" else v for k, v in kwargs.items()}
     gen = torch.Generator().manual_seed(0)
-    p = torch.randn(numel, generator=gen).requires_grad_()
-    p.grad = torch.randn(numel, generator=gen) * 1e-2
+    p = torch.randn(numel, generator=gen).to(dtype).requires_grad_()
+    p.grad = (torch.randn(numel, generator=gen) * 1e-2).to(dtype)
     if kind == "lossopt":
         opt = getattr(lossopt_cuda, cls_name)([p], fused=True, **kwargs)
         loss = torch.tensor(0.7)
