@@ -21,6 +21,13 @@ struct Rounding {
   bool params = false;
 };
 
+// Whether a call's states are bfloat16: then rounded stochastically, which
+// check_lists allows only with a rounding counter.
+inline bool bf16_states(std::initializer_list<at::TensorList> states) {
+  return states.size() > 0 && states.begin()->size() > 0 &&
+         (*states.begin())[0].scalar_type() == at::kBFloat16;
+}
+
 // Element i of `t` and of `like` (same sizes) sit at the same flat offset:
 // equal strides wherever a dimension has more than one element (autograd
 // leaves the strides of size-1 dimensions as they fall).
@@ -78,10 +85,7 @@ inline void check_lists(const char* op, at::TensorList params, at::TensorList gr
   const auto dtype = params[0].scalar_type();
   const auto math = dtype == at::kDouble ? at::kDouble : at::kFloat;
   // bfloat16 states are rounded: only with a counter, over float32 math.
-  const bool bf16_states = rounds && math == at::kFloat && states.size() > 0 &&
-                           states.begin()->size() > 0 &&
-                           (*states.begin())[0].scalar_type() == at::kBFloat16;
-  const auto state_type = bf16_states ? at::kBFloat16 : math;
+  const auto state_type = rounds && math == at::kFloat && bf16_states(states) ? at::kBFloat16 : math;
   TORCH_CHECK(master.empty() || dtype == at::kHalf || dtype == at::kBFloat16, op,
               ": master weights are for float16 and bfloat16 parameters, not ", dtype);
   int64_t first_unwalkable = -1;

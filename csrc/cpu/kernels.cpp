@@ -201,7 +201,7 @@ void apply(const char* op, at::TensorList params, at::TensorList grads,
   RoundingArgs rounding;
   if (rounding_in.step.has_value()) {
     rounding.params = rounding_in.params;
-    rounding.states = K > 0 && states[0][0].scalar_type() == at::kBFloat16;
+    rounding.states = bf16_states(state_lists);
     rounding.seed = static_cast<uint64_t>(rounding_in.seed);
     rounding.step = static_cast<uint64_t>(*rounding_in.step->data_ptr<int64_t>());
     rounding.ids = rounding_in.tensor_ids.data();

@@ -29,8 +29,7 @@ TensorLists make_lists(const char* op, at::TensorList params, at::TensorList gra
     lists.rounding.step = rounding.step->data_ptr<int64_t>();
     lists.rounding.seed = static_cast<uint64_t>(rounding.seed);
     lists.rounding.params = rounding.params;
-    lists.rounding.bf16_states = states.size() > 0 && !params.empty() &&
-                                 states.begin()[0][0].scalar_type() == at::kBFloat16;
+    lists.rounding.bf16_states = bf16_states(states);
     for (const int64_t id : rounding.tensor_ids) {
       lists.rounding.tensor_ids.push_back(static_cast<uint32_t>(id));
     }

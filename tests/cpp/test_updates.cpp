@@ -43,16 +43,21 @@ double decode(__nv_bfloat16 x) {
   return ref::bfloat16_bits_to_double(b);
 }
 
+// A 16-bit type from its bits.
+template <typename T>
+T of_bits(uint16_t bits) {
+  T t;
+  std::memcpy(static_cast<void*>(&t), &bits, 2);
+  return t;
+}
+
 template <typename T>
 T encode(float x) {
   if constexpr (std::is_same_v<T, float>) {
     return x;
   } else {
-    const uint16_t b = std::is_same_v<T, __half> ? ref::float_to_half_bits(x)
-                                                 : ref::float_to_bfloat16_bits(x);
-    T t;
-    std::memcpy(static_cast<void*>(&t), &b, 2);
-    return t;
+    return of_bits<T>(std::is_same_v<T, __half> ? ref::float_to_half_bits(x)
+                                                : ref::float_to_bfloat16_bits(x));
   }
 }
 
@@ -213,12 +218,6 @@ uint32_t write_bits(const lossopt::cuda::RoundingLists& r, uint64_t step, size_t
                          static_cast<uint32_t>(stream));
 }
 
-template <typename T>
-T param_of_bits(uint16_t bits) {
-  T t;
-  std::memcpy(static_cast<void*>(&t), &bits, 2);
-  return t;
-}
 #endif
 
 template <typename T, typename S>
@@ -377,7 +376,7 @@ void run_typed(Rule rule, bool master, const UpdateCase& c, std::mt19937_64& rng
           }
         }
         const T want_p = c.round_params
-                             ? param_of_bits<T>(lossopt::rounding::bf16_stochastic(
+                             ? of_bits<T>(lossopt::rounding::bf16_stochastic(
                                    pf, write_bits(lists.rounding, step_u, t, ns, i)))
                              : encode<T>(pf);
         if (std::memcmp(&want_p, &(*gr.p)[i], sizeof(T)) != 0) {
