@@ -104,6 +104,28 @@ LOSSOPT_HD float bits_float(uint32_t u) {
 #endif
 }
 
+// The hash keys of one chunk of a tensor (a chunk lies within one block of
+// 2^32 elements): one per stream pair, kPairs pairs for streams 0..2 kPairs - 1.
+// The drivers (CPU and CUDA kernels) build it once per chunk; bits() gives an
+// element its stream's random bits, the two streams of a pair from one hash.
+template <int kPairs>
+struct ChunkKeys {
+  uint32_t block[kPairs] = {};
+
+  ChunkKeys() = default;
+  LOSSOPT_HD ChunkKeys(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t chunk_begin) {
+    LOSSOPT_UNROLL
+    for (int j = 0; j < kPairs; ++j) {
+      block[j] = block_key(tensor_key(seed, step, tensor, static_cast<uint32_t>(j)), chunk_begin);
+    }
+  }
+
+  LOSSOPT_HD uint32_t bits(int stream, uint64_t index) const {
+    return stream_bits(element_bits(block[stream_pair(static_cast<uint32_t>(stream))], index),
+                       static_cast<uint32_t>(stream));
+  }
+};
+
 // x rounded to bfloat16 stochastically with the random bits r (its high 16
 // bits; stream_bits): the bfloat16's bits. Infinities stay infinite; NaN becomes kBF16NaN. (A non-NaN float's
 // bits plus 0xFFFF cannot carry out of 32 bits: the largest is -inf's.)

@@ -87,9 +87,9 @@ struct RoundingArgs {
 // A chunk's update with bfloat16 storage rounded stochastically: the states
 // (kStates) and/or the bfloat16 parameters (kParams) are read as bit patterns,
 // widened to float, stepped by the rule in float and written back with the
-// bits of (seed, step, tensor, stream, element); block[j] is the chunk's key
-// of stream pair j (csrc/rounding.h: stream k the k-th state, K the
-// parameter; a pair shares one hash per element); kMaster: the rule steps the
+// bits of (seed, step, tensor, stream, element) from the chunk's keys
+// (csrc/rounding.h: stream k the k-th state, K the parameter; a pair shares
+// one hash per element, which the compiler computes once); kMaster: the rule steps the
 // float32 master weights and the parameter is their copy rounded to nearest.
 // A plain loop over 16-bit patterns and 32-bit integers with no branch left
 // in it, which the compiler vectorises. The arithmetic is the for-loop and
@@ -99,16 +99,10 @@ template <typename T, template <typename> class Rule, typename Args, bool kState
           bool kMaster>
 void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int64_t begin,
                        int64_t end, const float* scalars, const Args& args,
-                       const uint32_t* block) {
+                       const rounding::ChunkKeys<Rule<float>::kStates / 2 + 1>& keys) {
   using rounding::bf16_stochastic;
   using rounding::bf16_to_float;
   constexpr int K = Rule<float>::kStates;
-  // The stream's random bits of element `at`. Two streams of a pair make the
-  // same element_bits call, which the compiler computes once.
-  const auto bits = [block](int stream, uint64_t at) {
-    return rounding::stream_bits(rounding::element_bits(block[rounding::stream_pair(stream)], at),
-                                 static_cast<uint32_t>(stream));
-  };
   constexpr bool kBF16 = std::is_same_v<T, at::BFloat16>;
   const Rule<float> rule(scalars, args);
   const float inv_scale = scalars[kInvGradScale];
@@ -135,13 +129,13 @@ void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int
     rule(sp, sg, ss);
     if constexpr (kMaster) master[i] = sp;
     if constexpr (kParams) {
-      p16[i] = bf16_stochastic(sp, bits(K, at));
+      p16[i] = bf16_stochastic(sp, keys.bits(K, at));
     } else {
       p[i] = static_cast<T>(sp);
     }
     for (int k = 0; k < K; ++k) {
       if constexpr (kStates) {
-        s16[k][i] = bf16_stochastic(ss[k], bits(k, at));
+        s16[k][i] = bf16_stochastic(ss[k], keys.bits(k, at));
       } else {
         s32[k][i] = ss[k];
       }
@@ -150,26 +144,19 @@ void run_chunk_rounded(T* p, const T* g, void* const* states, float* master, int
 }
 
 // run_chunk_rounded with what `how` rounds made compile-time, after the
-// hash's keys of the chunk: one per stream pair (states and parameter, K + 1
-// streams), computed once per chunk (a chunk lies within one block of 2^32
-// elements).
+// hash's keys of the chunk (one per stream pair of the K + 1 streams).
 template <typename T, template <typename> class Rule, typename Args>
 void round_chunk(T* p, const T* g, void* const* states, float* master, int64_t begin,
                  int64_t end, const float* scalars, const Args& args, const RoundingArgs& how,
                  size_t tensor) {
   constexpr int K = Rule<float>::kStates;
-  constexpr int kPairs = K / 2 + 1;  // streams 0..K
-  uint32_t block[kPairs];
-  for (int j = 0; j < kPairs; ++j) {
-    const uint32_t key = rounding::tensor_key(how.seed, how.step,
-                                              static_cast<uint32_t>(how.ids[tensor]),
-                                              static_cast<uint32_t>(j));
-    block[j] = rounding::block_key(key, static_cast<uint64_t>(begin));
-  }
+  const rounding::ChunkKeys<K / 2 + 1> keys(how.seed, how.step,
+                                            static_cast<uint32_t>(how.ids[tensor]),
+                                            static_cast<uint64_t>(begin));
   const auto run = [&](auto states_rounded, auto params_rounded, auto with_master) {
     run_chunk_rounded<T, Rule, Args, decltype(states_rounded)::value,
                       decltype(params_rounded)::value, decltype(with_master)::value>(
-        p, g, states, master, begin, end, scalars, args, block);
+        p, g, states, master, begin, end, scalars, args, keys);
   };
   using Yes = std::true_type;
   using No = std::false_type;

@@ -86,7 +86,7 @@ struct RuleFunctor {
   static constexpr int kStateSlots = kStates > 0 ? kStates : 1;
   static constexpr bool kStatesRounded = sizeof(S) == 2 && kStates > 0;
   static constexpr bool kRounds = kStatesRounded || kRoundParams;
-  static constexpr int kPairs = kStates / 2 + 1;  // streams 0..kStates
+  using Keys = rounding::ChunkKeys<kStates / 2 + 1>;  // streams 0..kStates
   static_assert(!(kRoundParams && kMaster), "rounded parameters have no master weights");
 
   const double* scalars;  // device, float64; layout in rules/common.h
@@ -95,14 +95,6 @@ struct RuleFunctor {
   const int64_t* rounding_step;  // device, with kRounds: the group's count of valid steps
   uint64_t rounding_seed;
 
-  // The hash keys of one chunk: element_bits(block[pair], index) serves two streams.
-  struct Keys {
-    uint32_t block[kPairs];
-    LOSSOPT_HD uint32_t bits(int stream, uint64_t index) const {
-      return rounding::stream_bits(rounding::element_bits(block[rounding::stream_pair(stream)], index),
-                                   static_cast<uint32_t>(stream));
-    }
-  };
 
   // The thread at `pos` (see mta::Position) does its share of the chunk.
   template <typename Pos>
@@ -117,17 +109,11 @@ struct RuleFunctor {
     const float inv_scale = sc[kInvGradScale];
 
     const mta::ChunkInfo c = mta::chunk_info(meta, pos.block());
-    Keys keys{};
+    Keys keys;
     if constexpr (kRounds) {
-      const uint64_t step = static_cast<uint64_t>(*rounding_step);
-      const uint32_t id = meta.tensor_id[c.tensor];
       // A chunk lies within one block of 2^32 elements (kChunkSize divides 2^32).
-      LOSSOPT_UNROLL
-      for (int j = 0; j < kPairs; ++j) {
-        keys.block[j] = rounding::block_key(
-            rounding::tensor_key(rounding_seed, step, id, static_cast<uint32_t>(j)),
-            static_cast<uint64_t>(c.offset));
-      }
+      keys = Keys(rounding_seed, static_cast<uint64_t>(*rounding_step), meta.tensor_id[c.tensor],
+                  static_cast<uint64_t>(c.offset));
     }
     T* __restrict__ p = mta::chunk_ptr<T>(meta, 0, c);
     const T* __restrict__ g = mta::chunk_ptr<T>(meta, 1, c);
